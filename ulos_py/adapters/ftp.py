@@ -1,0 +1,129 @@
+"""Task zips on an FTP server through aioftp: pooled connections, retries, atomic uploads.
+
+Connections are kept and reused (a login per file is most of an FTP transfer's cost). A
+dropped connection or a 4xx answer is retried with back-off on a fresh connection; a 5xx
+answer (missing file, bad credentials) is final at once. Uploads go to a temporary name
+that is renamed over the target, so a reader never sees half a zip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import aioftp
+import structlog
+
+from ulos_py.errors import StorageError, StorageRefused, StorageUnavailable
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1 << 16
+TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class FtpAddress:
+    host: str
+    port: int
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 3
+    first_delay: float = 0.5
+
+    def delays(self) -> list[float]:
+        return [self.first_delay * 2**attempt for attempt in range(self.retries)]
+
+
+def _translate(exc: Exception, what: str) -> StorageError:
+    if isinstance(exc, aioftp.StatusCodeError):
+        codes = {str(code) for code in exc.received_codes}
+        message = " ".join(str(line) for line in exc.info).strip() or str(exc)
+        text = f"{what}: server answered {', '.join(sorted(codes))} {message}"
+        if any(code.startswith("4") for code in codes):
+            return StorageUnavailable(text)
+        return StorageRefused(text)
+    return StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
+
+
+class FtpStorage:
+    """Storage port on an FTP server."""
+
+    def __init__(self, address: FtpAddress, connections: int, retry: RetryPolicy) -> None:
+        self._address = address
+        self._retry = retry
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: list[aioftp.Client] = []
+
+    async def _connect(self) -> aioftp.Client:
+        client = aioftp.Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT)
+        try:
+            await client.connect(self._address.host, self._address.port)
+            await client.login(self._address.username, self._address.password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[aioftp.Client]:
+        async with self._slots:
+            client = self._idle.pop() if self._idle else await self._connect()
+            try:
+                yield client
+            except BaseException:
+                client.close()  # its state is unknown: never hand it out again
+                raise
+            self._idle.append(client)
+
+    async def _attempt(
+        self, what: str, operation: Callable[[aioftp.Client], Awaitable[None]]
+    ) -> None:
+        delays = self._retry.delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                async with self._client() as client:
+                    await operation(client)
+                return
+            except (aioftp.StatusCodeError, OSError, TimeoutError, EOFError) as exc:
+                error = _translate(exc, what)
+            if isinstance(error, StorageRefused) or attempt == len(delays):
+                raise error
+            log.warning("storage_retry", reason=str(error), delay=delays[attempt])
+            await asyncio.sleep(delays[attempt])
+
+    async def download(self, remote_path: str, local_file: Path) -> None:
+        async def fetch(client: aioftp.Client) -> None:
+            with local_file.open("wb") as out:
+                async with client.download_stream(remote_path) as stream:
+                    async for block in stream.iter_by_block(CHUNK):
+                        out.write(block)
+
+        await self._attempt(f"download {remote_path}", fetch)
+
+    async def upload(self, local_file: Path, remote_path: str) -> None:
+        target = PurePosixPath(remote_path)
+        partial = str(target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part"))
+
+        async def store(client: aioftp.Client) -> None:
+            with local_file.open("rb") as source:
+                async with client.upload_stream(partial) as stream:
+                    while chunk := source.read(CHUNK):
+                        await stream.write(chunk)
+            await client.rename(partial, remote_path)
+
+        await self._attempt(f"upload {remote_path}", store)
+
+    async def close(self) -> None:
+        """Close every idle connection (in-flight ones close when their transfer ends)."""
+        idle, self._idle = self._idle, []
+        for client in idle:
+            client.close()

@@ -1,0 +1,217 @@
+"""RabbitMQ through aio-pika: confirmed mandatory publishing and a consuming queue.
+
+Publishing uses its own channel, separate from the consuming one, because a publish to a
+missing exchange makes the broker close the channel it came on. Exchanges are checked with
+a passive declare on a throwaway channel before their first use, for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from ulos_py.errors import ConfigError, PublishError, SettleFailed
+from ulos_py.ports import Delivery, Envelope
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_TIMEOUT = 30.0
+"""Seconds to wait for a confirm before calling a publish failed (a stuck broker)."""
+
+BROKER_LOST = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    RuntimeError,  # aiormq raises it for writes on a closing connection
+)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str
+    password: str
+    connection_name: str
+
+
+CONNECT_BACKOFF_MAX = 30.0
+
+
+async def connect(address: BrokerAddress) -> AbstractRobustConnection:
+    """A connection that reconnects by itself; a wrong password is a ConfigError."""
+    try:
+        return await aio_pika.connect_robust(
+            host=address.host,
+            port=address.port,
+            login=address.username,
+            password=address.password,
+            client_properties={"connection_name": address.connection_name},
+            reconnect_interval=2,
+        )
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        raise ConfigError(
+            f"the broker refused user {address.username!r}: check MESSAGE_BROKER_USERNAME "
+            "and MESSAGE_BROKER_PASSWORD"
+        ) from exc
+
+
+async def connect_when_up(
+    address: BrokerAddress, stop: asyncio.Event
+) -> AbstractRobustConnection | None:
+    """Wait for the broker with back-off, so nodes may start before it; None if stopped."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return await connect(address)
+        except (OSError, aiormq.exceptions.AMQPConnectionError) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.warning(
+                "broker_unreachable",
+                host=address.host,
+                port=address.port,
+                reason=reason,
+                retry_in=delay,
+            )
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, CONNECT_BACKOFF_MAX)
+    return None
+
+
+class RabbitDelivery:
+    """A consumed message as the lifecycle sees it."""
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def priority(self) -> int | None:
+        return self._message.priority
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    async def ack(self) -> None:
+        try:
+            await self._message.ack()
+        except BROKER_LOST as exc:
+            raise SettleFailed(f"cannot ack, broker connection lost: {exc}") from exc
+
+    async def reject(self, requeue: bool) -> None:
+        try:
+            await self._message.reject(requeue=requeue)
+        except BROKER_LOST as exc:
+            raise SettleFailed(f"cannot reject, broker connection lost: {exc}") from exc
+
+
+class RabbitPublisher:
+    """Confirmed, persistent, mandatory publishing of JSON bodies."""
+
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
+        self._connection = connection
+        self._channel = channel
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @classmethod
+    async def open(cls, connection: AbstractRobustConnection) -> RabbitPublisher:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(connection, channel)
+
+    async def exchange_exists(self, name: str) -> bool:
+        """Passive declare on a throwaway channel, so a 404 closes only that channel."""
+        if name == "" or name in self._exchanges:
+            return True
+        probe = await self._connection.channel(publisher_confirms=False)
+        try:
+            await probe.get_exchange(name, ensure=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+        return True
+
+    async def publish(self, envelope: Envelope) -> None:
+        where = f"exchange {envelope.exchange!r} with routing key {envelope.routing_key!r}"
+        message = aio_pika.Message(
+            json.dumps(envelope.body, ensure_ascii=False).encode(),
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=envelope.message_id,
+            correlation_id=envelope.correlation_id,
+            priority=envelope.priority,
+        )
+        try:
+            if not await self.exchange_exists(envelope.exchange):
+                raise PublishError(f"{where}: the exchange does not exist")
+            exchange = self._exchanges.get(envelope.exchange) or self._channel.default_exchange
+            await exchange.publish(
+                message, envelope.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT
+            )
+        except aio_pika.exceptions.PublishError as exc:
+            raise PublishError(f"{where}: unroutable, no queue is bound to it") from exc
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishError(f"{where}: the broker refused the message") from exc
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            self._exchanges.pop(envelope.exchange, None)
+            raise PublishError(f"{where}: the exchange does not exist") from exc
+        except TimeoutError as exc:
+            raise PublishError(f"{where}: no confirm within {PUBLISH_TIMEOUT:g} s") from exc
+        except (*BROKER_LOST, aiormq.exceptions.AMQPError) as exc:
+            raise PublishError(f"{where}: broker connection lost ({exc!r})") from exc
+
+
+async def open_queue(
+    connection: AbstractRobustConnection, name: str, prefetch: int
+) -> AbstractQueue:
+    """The consumption queue, which must already exist (topology is declared elsewhere)."""
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=prefetch)
+    try:
+        return await channel.get_queue(name, ensure=True)
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise ConfigError(
+            f"MESSAGE_BROKER_CONSUMPTION_QUEUE: queue {name!r} does not exist on the broker "
+            "(declare it first, e.g. with `ulos-py topology apply`)"
+        ) from exc
+
+
+async def consume(
+    queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]]
+) -> Callable[[], Awaitable[None]]:
+    """Start consuming; returns the function that stops taking new deliveries."""
+
+    async def deliver(message: AbstractIncomingMessage) -> None:
+        await on_delivery(RabbitDelivery(message))
+
+    tag = await queue.consume(deliver)
+
+    async def stop() -> None:
+        try:
+            await queue.cancel(tag)
+        except BROKER_LOST as exc:
+            log.warning("cancel_consumer_failed", reason=str(exc))
+
+    return stop

@@ -1,0 +1,105 @@
+"""Safe unpacking and packing of task zips.
+
+Submissions are untrusted: an entry may try to escape the working directory, be a link, or
+be a zip bomb. Everything is checked before the first byte is written, and the byte count
+is enforced again while writing because headers can lie.
+"""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ulos_py.errors import UnsafeArchive
+
+JUNK_DIRS = frozenset({"__MACOSX"})
+JUNK_FILES = frozenset({".DS_Store"})
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Bounds on what one submission may unpack to."""
+
+    max_entries: int = 10_000
+    max_total_bytes: int = 1 << 30
+
+
+def _entry_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
+    name = info.filename.replace("\\", "/")
+    path = PurePosixPath(name)
+    if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchive(f"entry {info.filename!r} is an absolute path")
+    parts = tuple(p for p in path.parts if p not in ("", "."))
+    if ".." in parts:
+        raise UnsafeArchive(f"entry {info.filename!r} escapes the working directory")
+    mode = info.external_attr >> 16
+    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UnsafeArchive(f"entry {info.filename!r} is a link or special file")
+    return parts
+
+
+def _is_junk(parts: tuple[str, ...]) -> bool:
+    return bool(parts) and (parts[0] in JUNK_DIRS or parts[-1] in JUNK_FILES)
+
+
+Entry = tuple[zipfile.ZipInfo, tuple[str, ...]]
+
+
+def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Entry]:
+    """Checked entries with their relative parts, junk dropped, one wrapping folder stripped."""
+    infos = zf.infolist()
+    if len(infos) > limits.max_entries:
+        raise UnsafeArchive(f"{len(infos)} entries, over the limit of {limits.max_entries}")
+    total = sum(info.file_size for info in infos)
+    if total > limits.max_total_bytes:
+        raise UnsafeArchive(f"unpacks to {total} bytes, over the limit of {limits.max_total_bytes}")
+    entries = [(info, parts) for info in infos if (parts := _entry_parts(info))]
+    entries = [(info, parts) for info, parts in entries if not _is_junk(parts)]
+    tops = {parts[0] for _, parts in entries}
+    wrapped = len(tops) == 1 and all(len(parts) > 1 or info.is_dir() for info, parts in entries)
+    if wrapped:
+        entries = [(info, parts[1:]) for info, parts in entries if len(parts) > 1]
+    return entries
+
+
+def safe_unpack(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
+    """Unpack `archive` into `dest`, or raise UnsafeArchive having written nothing outside it."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            budget = limits.max_total_bytes
+            for info, parts in _plan(zf, limits):
+                target = dest.joinpath(*parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "xb") as out:
+                    while chunk := src.read(CHUNK):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise UnsafeArchive("unpacked bytes exceed the size limit")
+                        out.write(chunk)
+                executable = (info.external_attr >> 16) & 0o111
+                target.chmod(0o755 if executable else 0o644)
+    except zipfile.BadZipFile as exc:
+        raise UnsafeArchive(f"not a valid zip file: {exc}") from exc
+    except FileExistsError as exc:
+        raise UnsafeArchive(f"entry {exc.filename!r} appears twice") from exc
+    except (OSError, EOFError, NotImplementedError, ValueError) as exc:
+        raise UnsafeArchive(f"cannot unpack: {exc}") from exc
+
+
+def pack(src: Path, archive: Path) -> None:
+    """Zip the contents of `src` into `archive`; links and special files are not packed."""
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(src.rglob("*")):
+            relative = path.relative_to(src).as_posix()
+            if path.is_symlink():
+                continue
+            if path.is_dir():
+                zf.write(path, relative + "/")
+            elif path.is_file():
+                zf.write(path, relative)

@@ -1,0 +1,130 @@
+"""Every failure ulos-py names, so that callers catch meaning rather than library types.
+
+    UlosError
+    ├── ConfigError              a setting is missing or bad; the node refuses to start
+    ├── StorageError             the FTP server failed us (adapter level)
+    │   ├── StorageUnavailable   transient: worth a retry with back-off
+    │   └── StorageRefused       permanent: missing file, bad credentials, no permission
+    ├── PublishError             the broker did not confirm a publish (adapter level)
+    ├── SettleFailed             an ack/reject did not reach the broker (it will redeliver)
+    └── TaskCrash                a task ended without an outcome; `kind` is SPEC §4 `error.kind`
+        ├── MalformedTask        not JSON, or breaks SPEC §2 (carries raw body and errors)
+        ├── NoRouting            the task has no routing tree
+        ├── NoExecutor           no executor matches the stage
+        ├── DownloadFailed
+        ├── UnsafeArchive        not a zip, or escapes, links, or over the limits
+        ├── ExecutionCrashed
+        ├── ExecutionTimedOut
+        ├── UploadFailed
+        └── ForwardFailed        the next stage could not be delivered
+
+Adapters raise StorageError/PublishError; the lifecycle turns them into the TaskCrash of the
+step that failed, chained, so the notice names both the step and the cause.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class CrashKind(StrEnum):
+    """SPEC §4 `error.kind`: why a task ended without an outcome."""
+
+    MALFORMED = "malformed"
+    """The body is not JSON or breaks the message format."""
+    NO_ROUTING = "no_routing"
+    """The task carries no routing tree, so there is no current stage."""
+    NO_EXECUTOR = "no_executor"
+    """No executor in the registry matches the stage's routing key."""
+    DOWNLOAD = "download"
+    """The task's zip could not be fetched from storage."""
+    ARCHIVE = "archive"
+    """The file is not a zip, or unpacking it would be unsafe."""
+    EXECUTION = "execution"
+    """The executor itself failed (not a controlled FAIL)."""
+    TIMEOUT = "timeout"
+    """The execution took longer than the task's timeout and was stopped."""
+    UPLOAD = "upload"
+    """The results could not be stored back."""
+    FORWARD = "forward"
+    """The next stage could not be delivered."""
+
+
+class UlosError(Exception):
+    """Base of every error ulos-py raises on purpose."""
+
+
+class ConfigError(UlosError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class StorageError(UlosError):
+    """The remote storage failed an operation."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage could not be reached or dropped us: a retry may help."""
+
+
+class StorageRefused(StorageError):
+    """The storage answered no (missing file, credentials, permission): retrying won't help."""
+
+
+class PublishError(UlosError):
+    """The broker refused, returned or never confirmed a publish."""
+
+
+class TaskCrash(UlosError):
+    """A task ended without an outcome; `kind` goes into the crash notice."""
+
+    kind: CrashKind = CrashKind.EXECUTION
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class MalformedTask(TaskCrash):
+    kind = CrashKind.MALFORMED
+
+    def __init__(self, detail: str, raw_body: bytes, errors: list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.raw_body = raw_body
+        self.errors = errors
+
+
+class NoRouting(TaskCrash):
+    kind = CrashKind.NO_ROUTING
+
+
+class NoExecutor(TaskCrash):
+    kind = CrashKind.NO_EXECUTOR
+
+
+class DownloadFailed(TaskCrash):
+    kind = CrashKind.DOWNLOAD
+
+
+class UnsafeArchive(TaskCrash):
+    kind = CrashKind.ARCHIVE
+
+
+class ExecutionCrashed(TaskCrash):
+    kind = CrashKind.EXECUTION
+
+
+class ExecutionTimedOut(TaskCrash):
+    kind = CrashKind.TIMEOUT
+
+
+class UploadFailed(TaskCrash):
+    kind = CrashKind.UPLOAD
+
+
+class ForwardFailed(TaskCrash):
+    kind = CrashKind.FORWARD
+
+
+class SettleFailed(UlosError):
+    """An ack or reject could not reach the broker; it will redeliver the message."""

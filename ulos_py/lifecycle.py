@@ -1,0 +1,200 @@
+"""A task's whole life, top to bottom: the only place that acks or rejects a delivery.
+
+    parse → stage → executor → download → unpack → execute → pack → upload → forward → ack
+
+Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject. A
+cancellation (node shutdown) is not a failure: the delivery goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ulos_py.archive import ArchiveLimits, pack, safe_unpack
+from ulos_py.errors import (
+    DownloadFailed,
+    ExecutionCrashed,
+    ExecutionTimedOut,
+    ForwardFailed,
+    MalformedTask,
+    NoExecutor,
+    PublishError,
+    SettleFailed,
+    StorageError,
+    TaskCrash,
+    UploadFailed,
+)
+from ulos_py.models import Outcome, RoutingNode, Task, parse_task
+from ulos_py.notices import Event, NoticeContext
+from ulos_py.ports import (
+    Delivery,
+    Envelope,
+    ExecutionResult,
+    Executor,
+    ExecutorRegistry,
+    Publisher,
+    Storage,
+    TimeoutPolicy,
+)
+from ulos_py.reporting import NoticeRoutes, Reporter
+from ulos_py.routing import (
+    current_stage,
+    forward_body,
+    forward_message_id,
+    next_hop,
+    output_file_name,
+)
+from ulos_py.workspace import Workspace, workspace
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Deps:
+    """Everything a task's life needs from the node, injected so tests can use doubles."""
+
+    node_id: str
+    publisher: Publisher
+    storage: Storage
+    executors: ExecutorRegistry
+    routes: NoticeRoutes
+    work_dir: Path
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    requeue_on_reject: bool = False
+
+
+async def process(delivery: Delivery, deps: Deps) -> None:
+    """Run one delivery to its end and settle it exactly once."""
+    report = Reporter(deps.publisher, deps.routes, NoticeContext(deps.node_id, received={}))
+    try:
+        received, task = parse_task(delivery.body)
+        report.known(received, task.routing_tree)
+        note = " (redelivered)" if delivery.redelivered else ""
+        report.log(Event.RECEIVED, f"task {task.task_id} received{note}")
+        stage = current_stage(task)
+        executor = deps.executors.select(stage.routing_key)
+        if executor is None:
+            raise NoExecutor(f"no executor matches stage {stage.routing_key!r}")
+        async with workspace(deps.work_dir, task.task_id) as space:
+            await _run_stage(task, stage, executor, space, delivery, deps, report)
+    except TaskCrash as crash:
+        report.crash(crash)
+        requeue = deps.requeue_on_reject and not isinstance(crash, MalformedTask)
+        await _settle(delivery.reject(requeue), report, Event.REJECTED, requeued=requeue)
+    except asyncio.CancelledError:
+        await asyncio.shield(_return_to_queue(delivery, report))
+        raise
+    except Exception as exc:  # a bug of ours must not kill the node or lose the task
+        log.exception("internal_error")
+        report.crash(ExecutionCrashed(f"internal error in the node: {exc!r}"))
+        await _settle(delivery.reject(deps.requeue_on_reject), report, Event.REJECTED)
+    else:
+        await report.flush()
+        await _settle(delivery.ack(), report, Event.ACKED)
+    await report.flush()
+
+
+async def _run_stage(
+    task: Task,
+    stage: RoutingNode,
+    executor: Executor,
+    space: Workspace,
+    delivery: Delivery,
+    deps: Deps,
+    report: Reporter,
+) -> None:
+    try:
+        await deps.storage.download(task.file_path, space.archive)
+    except StorageError as exc:
+        raise DownloadFailed(f"cannot download {task.file_path}: {exc}") from exc
+    await asyncio.to_thread(safe_unpack, space.archive, space.files, deps.limits)
+    report.log(Event.DOWNLOADED, f"downloaded and unpacked {task.file_path}")
+
+    report.log(Event.EXECUTION_STARTED, f"executor {executor.name} started")
+    result = await _execute(executor, space.files, stage, task.timeout)
+    (space.files / output_file_name(stage)).write_text(result.output, encoding="utf-8")
+    report.log(
+        Event.EXECUTION_FINISHED,
+        f"executor {executor.name} finished: {result.outcome.value}",
+        outcome=result.outcome.value,
+    )
+
+    try:
+        await asyncio.to_thread(pack, space.files, space.archive)
+        await deps.storage.upload(space.archive, task.file_path)
+    except (StorageError, OSError) as exc:
+        raise UploadFailed(f"cannot upload {task.file_path}: {exc}") from exc
+    report.log(Event.UPLOADED, f"uploaded results to {task.file_path}")
+
+    hop = next_hop(stage, result.outcome)
+    if hop is None:
+        report.log(Event.COMPLETED, f"no stage follows {result.outcome.value}: journey ends here")
+        return
+    target = f"exchange {hop.exchange!r} routing key {hop.routing_key!r}"
+    envelope = Envelope(
+        hop.exchange,
+        hop.routing_key,
+        forward_body(report.context.received, hop),
+        message_id=forward_message_id(task, stage, result.outcome),
+        correlation_id=task.task_id,
+        priority=delivery.priority,
+    )
+    try:
+        await deps.publisher.publish(envelope)
+    except PublishError as exc:
+        raise ForwardFailed(f"cannot forward to {target}: {exc}") from exc
+    report.log(Event.FORWARDED, f"forwarded to {target}", target=hop.wire())
+
+
+async def _execute(
+    executor: Executor, workdir: Path, stage: RoutingNode, seconds: float
+) -> ExecutionResult:
+    """Run the executor under the task's timeout; its work is stopped when time runs out."""
+    if seconds <= 0:
+        return _timed_out(executor, seconds)
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await executor.run(workdir, stage)
+    except TimeoutError as exc:
+        if deadline.expired():
+            return _timed_out(executor, seconds)
+        raise ExecutionCrashed(f"executor {executor.name} failed: {exc!r}") from exc
+    except TaskCrash:
+        raise
+    except Exception as exc:
+        raise ExecutionCrashed(f"executor {executor.name} failed: {exc!r}") from exc
+
+
+def _timed_out(executor: Executor, seconds: float) -> ExecutionResult:
+    message = f"execution timed out after {seconds:g} s"
+    if executor.on_timeout is TimeoutPolicy.FAIL:
+        return ExecutionResult(Outcome.FAIL, message)
+    raise ExecutionTimedOut(message)
+
+
+async def _settle(
+    settling: Awaitable[None], report: Reporter, event: Event, **fields: object
+) -> None:
+    try:
+        await settling
+    except SettleFailed as exc:
+        log.warning("settle_failed", reason=str(exc))
+        return
+    verb = "acknowledged" if event is Event.ACKED else "rejected"
+    report.log(event, f"delivery {verb}", **fields)
+
+
+async def _return_to_queue(delivery: Delivery, report: Reporter) -> None:
+    """On shutdown, hand an unfinished delivery back so another node can take it."""
+    # If the channel is gone the broker requeues unacked messages by itself.
+    with suppress(SettleFailed):
+        await delivery.reject(requeue=True)
+    report.log(Event.REJECTED, "node shutting down: task returned to the queue", requeued=True)
+    await report.flush()

@@ -1,0 +1,133 @@
+"""The composition root: builds the adapters, runs deliveries with bounded concurrency,
+and shuts down gracefully.
+
+Shutdown: stop taking deliveries, give in-flight tasks `ULOS_SHUTDOWN_GRACE` seconds, then
+cancel what remains (the lifecycle hands those back to the queue). Deliveries still waiting
+for a free slot were never started; cancelling them leaves them unsettled, and the broker
+returns them to the queue when the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from ulos_py.adapters import rabbitmq
+from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
+from ulos_py.archive import ArchiveLimits
+from ulos_py.errors import ConfigError
+from ulos_py.execution.registry import load_registry
+from ulos_py.lifecycle import Deps, process
+from ulos_py.ports import Delivery
+from ulos_py.reporting import NoticeRoutes
+from ulos_py.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class TaskPool:
+    """Runs deliveries as tasks, at most `limit` at once, and drains them on shutdown."""
+
+    def __init__(self, limit: int, deps: Deps) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._deps = deps
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._run(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, delivery: Delivery) -> None:
+        async with self._slots:
+            await process(delivery, self._deps)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to `grace` seconds for running tasks, then cancel the rest."""
+        if not self._tasks:
+            return
+        log.info("draining", in_flight=len(self._tasks), grace_seconds=grace)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("grace_expired", cancelled=len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _broker_address(settings: Settings) -> rabbitmq.BrokerAddress:
+    return rabbitmq.BrokerAddress(
+        settings.broker_host,
+        settings.broker_port,
+        settings.broker_username,
+        settings.broker_password.get_secret_value(),
+        connection_name=f"ulos-py node {settings.node_id}",
+    )
+
+
+async def run_node(settings: Settings, stop: asyncio.Event) -> None:
+    """Consume until `stop` is set, then shut down within the grace period."""
+    registry = load_registry(settings.executors_file)
+    connection = await rabbitmq.connect_when_up(_broker_address(settings), stop)
+    if connection is None:
+        return
+    storage = FtpStorage(
+        FtpAddress(
+            settings.storage_host,
+            settings.storage_port,
+            settings.storage_username,
+            settings.storage_password.get_secret_value(),
+        ),
+        connections=settings.storage_connections,
+        retry=RetryPolicy(settings.storage_retries, settings.storage_retry_delay),
+    )
+    try:
+        publisher = await rabbitmq.RabbitPublisher.open(connection)
+        for variable, exchange in (
+            ("MESSAGE_BROKER_LOGS_EXCHANGE", settings.logs_exchange),
+            ("MESSAGE_BROKER_CRASH_EXCHANGE", settings.crash_exchange),
+        ):
+            if not await publisher.exchange_exists(exchange):
+                raise ConfigError(f"{variable}: exchange {exchange!r} does not exist on the broker")
+        queue = await rabbitmq.open_queue(
+            connection, settings.consumption_queue, settings.prefetch_count
+        )
+        deps = Deps(
+            node_id=settings.node_id,
+            publisher=publisher,
+            storage=storage,
+            executors=registry,
+            routes=NoticeRoutes(
+                settings.logs_exchange,
+                settings.logs_routing_key,
+                settings.crash_exchange,
+                settings.crash_routing_key,
+            ),
+            work_dir=settings.work_dir,
+            limits=ArchiveLimits(settings.archive_max_entries, settings.archive_max_bytes),
+            requeue_on_reject=settings.requeue_on_reject,
+        )
+        pool = TaskPool(settings.concurrency, deps)
+        stop_consuming = await rabbitmq.consume(queue, pool.submit)
+        log.info("consuming", queue=settings.consumption_queue, concurrency=settings.concurrency)
+        await stop.wait()
+        log.info("stopping", in_flight=pool.in_flight)
+        await stop_consuming()
+        await pool.drain(settings.shutdown_grace)
+    finally:
+        await storage.close()
+        await connection.close()
+    log.info("stopped")
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT ask for a graceful stop."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)

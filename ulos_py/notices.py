@@ -1,0 +1,86 @@
+"""Pure builders of the log and crash notices of SPEC §4.
+
+A notice is the task as received (unknown fields too) plus what happened, so a downstream
+system can follow a task by any field it already knows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from ulos_py.errors import MalformedTask, TaskCrash
+from ulos_py.models import RoutingNode
+
+RAW_BODY_LIMIT = 4096
+"""Bytes of a malformed body kept in its crash notice: enough to debug, not a payload copy."""
+
+
+class Event(StrEnum):
+    """The machine word of a notice."""
+
+    RECEIVED = "received"
+    """A delivery was taken and parsed."""
+    DOWNLOADED = "downloaded"
+    """The zip is on the node and unpacked."""
+    EXECUTION_STARTED = "execution_started"
+    """The executor got the working directory."""
+    EXECUTION_FINISHED = "execution_finished"
+    """The executor decided; `outcome` says how."""
+    UPLOADED = "uploaded"
+    """The results are back in storage."""
+    FORWARDED = "forwarded"
+    """The broker confirmed the task on its next stage."""
+    COMPLETED = "completed"
+    """No branch follows the outcome: the task's journey ends here."""
+    ACKED = "acked"
+    """The input was acknowledged."""
+    REJECTED = "rejected"
+    """The input was rejected; `requeued` says whether it goes back to the queue."""
+    CRASHED = "crashed"
+    """The task crashed; the crash notice carries the reason."""
+
+
+@dataclass(frozen=True)
+class NoticeContext:
+    """What every notice of one delivery repeats."""
+
+    node_id: str
+    received: dict[str, Any]
+    stage: RoutingNode | None = None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _stage(stage: RoutingNode | None) -> dict[str, str] | None:
+    if stage is None:
+        return None
+    return {"exchange": stage.exchange, "routingKey": stage.routing_key}
+
+
+def log_notice(ctx: NoticeContext, event: Event, message: str, **fields: Any) -> dict[str, Any]:
+    """A log notice: one step of a task, in a sentence and a machine word."""
+    return {
+        **ctx.received,
+        "logMessage": message,
+        "event": event.value,
+        "nodeId": ctx.node_id,
+        "timestamp": _now(),
+        "stage": _stage(ctx.stage),
+        **fields,
+    }
+
+
+def crash_notice(ctx: NoticeContext, crash: TaskCrash) -> dict[str, Any]:
+    """A crash notice: why the task ended without an outcome."""
+    error: dict[str, Any] = {"kind": crash.kind.value, "detail": crash.detail}
+    notice = log_notice(ctx, Event.CRASHED, f"{crash.kind.value}: {crash.detail}", error=error)
+    if isinstance(crash, MalformedTask):
+        error["errors"] = crash.errors
+        notice["rawBody"] = crash.raw_body[:RAW_BODY_LIMIT].decode("utf-8", errors="replace")
+        notice["rawBodyTruncated"] = len(crash.raw_body) > RAW_BODY_LIMIT
+    return notice

@@ -1,0 +1,96 @@
+"""The small interfaces the lifecycle needs from the outside world.
+
+The lifecycle sees only these; adapters (RabbitMQ, FTP, Docker) and in-memory test doubles
+implement them, so a task's life can be read and tested without any library in sight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from ulos_py.models import Outcome, RoutingNode
+
+
+class Delivery(Protocol):
+    """One message taken from the queue, to be settled exactly once."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def priority(self) -> int | None: ...
+
+    @property
+    def redelivered(self) -> bool: ...
+
+    async def ack(self) -> None:
+        """Raises SettleFailed when the broker can no longer take it."""
+
+    async def reject(self, requeue: bool) -> None:
+        """Raises SettleFailed when the broker can no longer take it."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A JSON body and where it goes."""
+
+    exchange: str
+    routing_key: str
+    body: dict[str, Any]
+    message_id: str | None = None
+    correlation_id: str | None = None
+    priority: int | None = None
+
+
+class Publisher(Protocol):
+    async def publish(self, envelope: Envelope) -> None:
+        """Return once the broker confirmed it as routed; raise PublishError otherwise."""
+
+
+class Storage(Protocol):
+    async def download(self, remote_path: str, local_file: Path) -> None:
+        """Raise StorageRefused or StorageUnavailable (after the adapter's own retries)."""
+
+    async def upload(self, local_file: Path, remote_path: str) -> None:
+        """Replace `remote_path` with the file, never leaving a half-written one there."""
+
+
+class TimeoutPolicy(StrEnum):
+    """What a timeout means for an executor's stage."""
+
+    CRASH = "crash"
+    """The task crashes with kind `timeout`; nothing is uploaded."""
+    FAIL = "fail"
+    """The timeout counts as a FAIL: results are uploaded and the failure branch follows."""
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """An executor's decision and what it printed."""
+
+    outcome: Outcome
+    output: str
+
+
+class Executor(Protocol):
+    """Runs one stage on a working directory.
+
+    `run` is cancelled when the task times out or the node shuts down; it must stop its work
+    before the cancellation propagates. It raises ExecutionCrashed for a crash.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def on_timeout(self) -> TimeoutPolicy: ...
+
+    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult: ...
+
+
+class ExecutorRegistry(Protocol):
+    def select(self, routing_key: str) -> Executor | None:
+        """The first executor whose pattern matches the stage, or None."""

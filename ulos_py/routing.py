@@ -1,0 +1,48 @@
+"""Pure routing rules: which stage a task is at, where it goes next, and under which id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ulos_py.errors import NoRouting
+from ulos_py.models import Outcome, RoutingNode, Task
+
+
+def current_stage(task: Task) -> RoutingNode:
+    """The stage this node must run: the root of the routing tree."""
+    if task.routing_tree is None:
+        raise NoRouting("the task has no routing tree, so there is no stage to run")
+    return task.routing_tree
+
+
+def next_hop(stage: RoutingNode, outcome: Outcome) -> RoutingNode | None:
+    """The branch the outcome selects; None ends the task's journey."""
+    if outcome is Outcome.PASS:
+        return stage.success_routing_decision
+    return stage.failure_routing_decision
+
+
+def forward_body(received: dict[str, Any], hop: RoutingNode) -> dict[str, Any]:
+    """The task as the next stage receives it: as received, with the branch as the new tree."""
+    body = {**received, "routingTree": hop.wire()}
+    body.pop("logMessage", None)
+    return body
+
+
+def forward_message_id(task: Task, stage: RoutingNode, outcome: Outcome) -> str:
+    """Same task, same stage, same outcome → same id, so consumers can drop duplicates.
+
+    The whole remaining tree goes into the hash, not only the routing key, because one key
+    may appear at several depths of a tree and those are different hops.
+    """
+    tree = json.dumps(stage.wire(), sort_keys=True)
+    digest = hashlib.sha256(f"{task.task_id}\x00{tree}\x00{outcome.value}".encode())
+    return digest.hexdigest()[:32]
+
+
+def output_file_name(stage: RoutingNode) -> str:
+    """SPEC §5 output file name, with path separators made harmless."""
+    name = f"output_{stage.exchange}_{stage.routing_key}.txt"
+    return name.replace("/", "_").replace("\\", "_").replace("\x00", "_")

@@ -1,0 +1,90 @@
+"""Typed node settings from the SPEC §6 environment variables, every default in one place.
+
+Operators' existing files use exactly the MESSAGE_BROKER_* and REMOTE_STORAGE_* names; what
+ulos-py adds is prefixed ULOS_. Variables in the environment win over an --env-file, so a
+one-off override needs no edited file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ulos_py.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Everything a node reads at start; a bad value stops it with one line."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    broker_host: str = Field("localhost", alias="MESSAGE_BROKER_HOST")
+    broker_port: Port = Field(5672, alias="MESSAGE_BROKER_PORT")
+    broker_username: str = Field("guest", alias="MESSAGE_BROKER_USERNAME")
+    broker_password: SecretStr = Field(SecretStr("guest"), alias="MESSAGE_BROKER_PASSWORD")
+    logs_exchange: str = Field(alias="MESSAGE_BROKER_LOGS_EXCHANGE")
+    logs_routing_key: str = Field(alias="MESSAGE_BROKER_LOGS_ROUTING_KEY")
+    crash_exchange: str = Field(alias="MESSAGE_BROKER_CRASH_EXCHANGE")
+    crash_routing_key: str = Field(alias="MESSAGE_BROKER_CRASH_ROUTING_KEY")
+    consumption_queue: Annotated[str, Field(min_length=1)] = Field(
+        alias="MESSAGE_BROKER_CONSUMPTION_QUEUE"
+    )
+    prefetch_count: Annotated[int, Field(ge=0, le=65535)] = Field(
+        10, alias="MESSAGE_BROKER_PREFETCH_COUNT"
+    )
+    requeue_on_reject: bool = Field(False, alias="MESSAGE_BROKER_REQUEUE_ON_REJECT")
+
+    storage_host: str = Field("localhost", alias="REMOTE_STORAGE_HOST")
+    storage_port: Port = Field(21, alias="REMOTE_STORAGE_PORT")
+    storage_username: str = Field("anonymous", alias="REMOTE_STORAGE_USERNAME")
+    storage_password: SecretStr = Field(SecretStr(""), alias="REMOTE_STORAGE_PASSWORD")
+
+    node_id: str = Field(default_factory=_default_node_id, alias="ULOS_NODE_ID")
+    work_dir: Path = Field(Path(tempfile.gettempdir()) / "ulos-py", alias="ULOS_WORK_DIR")
+    max_in_flight: PositiveInt = Field(16, alias="ULOS_MAX_IN_FLIGHT")
+    executors_file: Path = Field(Path("executors/registry.toml"), alias="ULOS_EXECUTORS_FILE")
+    shutdown_grace: Annotated[float, Field(ge=0)] = Field(30.0, alias="ULOS_SHUTDOWN_GRACE")
+    storage_retries: Annotated[int, Field(ge=0)] = Field(3, alias="ULOS_STORAGE_RETRIES")
+    storage_retry_delay: Annotated[float, Field(ge=0)] = Field(
+        0.5, alias="ULOS_STORAGE_RETRY_DELAY"
+    )
+    storage_connections: PositiveInt = Field(4, alias="ULOS_STORAGE_CONNECTIONS")
+    archive_max_bytes: PositiveInt = Field(1 << 30, alias="ULOS_ARCHIVE_MAX_BYTES")
+    archive_max_entries: PositiveInt = Field(10_000, alias="ULOS_ARCHIVE_MAX_ENTRIES")
+    log_format: Literal["auto", "console", "json"] = Field("auto", alias="ULOS_LOG_FORMAT")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="ULOS_LOG_LEVEL")
+
+    @property
+    def concurrency(self) -> int:
+        """Tasks run at once: the prefetch count, or ULOS_MAX_IN_FLIGHT when it is 0."""
+        return self.prefetch_count or self.max_in_flight
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    """Settings from the environment (and an env file); ConfigError names the bad variable."""
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"--env-file {env_file}: no such file")
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            given = "" if error["type"] == "missing" else f" (got {error['input']!r})"
+            problems.append(f"{name}: {error['msg']}{given}")
+        raise ConfigError("; ".join(problems)) from exc
