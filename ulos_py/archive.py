@@ -35,8 +35,8 @@ def _entry_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
     parts = tuple(p for p in path.parts if p not in ("", "."))
     if ".." in parts:
         raise UnsafeArchive(f"entry {info.filename!r} escapes the working directory")
-    mode = info.external_attr >> 16
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool stored none
+    if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise UnsafeArchive(f"entry {info.filename!r} is a link or special file")
     return parts
 

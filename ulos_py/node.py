@@ -42,7 +42,10 @@ class TaskPool:
 
     async def _run(self, delivery: Delivery) -> None:
         async with self._slots:
-            await process(delivery, self._deps)
+            try:
+                await process(delivery, self._deps)
+            except Exception:  # process settles everything it can; this is a bug of ours
+                log.exception("delivery_left_unsettled")
 
     @property
     def in_flight(self) -> int:

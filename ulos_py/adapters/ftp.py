@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import aioftp
 import structlog
@@ -54,6 +55,23 @@ def _translate(exc: Exception, what: str) -> StorageError:
     return StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
 
 
+class _Client(aioftp.Client):  # type: ignore[misc]
+    """aioftp opens a transfer's data connection before sending the command and leaks it
+    when the server refuses the command (550 for a missing file): close it with us."""
+
+    _data_writer: asyncio.StreamWriter | None = None
+
+    async def get_passive_connection(self, *args: Any, **kwargs: Any) -> Any:
+        reader, writer = await super().get_passive_connection(*args, **kwargs)
+        self._data_writer = writer
+        return reader, writer
+
+    def close(self) -> None:
+        if self._data_writer is not None:
+            self._data_writer.close()
+        super().close()
+
+
 class FtpStorage:
     """Storage port on an FTP server."""
 
@@ -64,7 +82,7 @@ class FtpStorage:
         self._idle: list[aioftp.Client] = []
 
     async def _connect(self) -> aioftp.Client:
-        client = aioftp.Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT)
+        client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT)
         try:
             await client.connect(self._address.host, self._address.port)
             await client.login(self._address.username, self._address.password)

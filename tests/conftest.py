@@ -1,0 +1,146 @@
+"""Real services for the integration and end-to-end tests.
+
+RabbitMQ is started by the test command (scripts/test) before pytest runs; an FTP server
+(pyftpdlib, a server this project does not implement) is started here on loopback. A
+service that does not answer FAILS the run with a clear message: a skipped integration
+test proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import pytest
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import ThreadedFTPServer
+
+BROKER_HOST = os.environ.get("ULOS_TEST_BROKER_HOST", "127.0.0.1")
+BROKER_PORT = int(os.environ.get("ULOS_TEST_BROKER_PORT", "5672"))
+BROKER_USER = os.environ.get("ULOS_TEST_BROKER_USERNAME", "guest")
+BROKER_PASSWORD = os.environ.get("ULOS_TEST_BROKER_PASSWORD", "guest")
+FTP_USER = "lab"
+FTP_PASSWORD = "lab-secret"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class FtpServer:
+    host: str
+    port: int
+    username: str
+    password: str
+    root: Path
+
+    def put(self, remote_path: str, data: bytes) -> None:
+        """Place a file on the server's disk (test set-up, not the system under test)."""
+        target = self.root / remote_path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def get(self, remote_path: str) -> bytes:
+        return (self.root / remote_path.lstrip("/")).read_bytes()
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+    username: str
+    password: str
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{self.username}:{self.password}@{self.host}:{self.port}/"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Broker:
+    if not _answers(BROKER_HOST, BROKER_PORT):
+        pytest.fail(
+            f"RabbitMQ does not answer on {BROKER_HOST}:{BROKER_PORT}. Run the tests with "
+            "scripts/test, which installs and starts it.",
+            pytrace=False,
+        )
+    return Broker(BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASSWORD)
+
+
+class _QuietHandler(FTPHandler):  # type: ignore[misc]
+    def log(self, msg: str, logfun: object = None) -> None:
+        pass
+
+    def logline(self, msg: str, logfun: object = None) -> None:
+        pass
+
+
+def start_ftp_server(root: Path, port: int = 0) -> tuple[ThreadedFTPServer, threading.Thread]:
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(FTP_USER, FTP_PASSWORD, str(root), perm="elradfmwMT")
+    handler = type("Handler", (_QuietHandler,), {"authorizer": authorizer})
+    handler.passive_ports = None
+    server = ThreadedFTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="session")
+def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
+    root = tmp_path_factory.mktemp("ftp-root")
+    server, thread = start_ftp_server(root)
+    host, port = server.address[:2]
+    try:
+        yield FtpServer(host, port, FTP_USER, FTP_PASSWORD, root)
+    finally:
+        server.close_all()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Unique exchange and queue names for one test."""
+
+    prefix: str
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.prefix}.processing"
+
+    @property
+    def logs_exchange(self) -> str:
+        return f"{self.prefix}.logs"
+
+    @property
+    def crash_exchange(self) -> str:
+        return f"{self.prefix}.crashes"
+
+    def queue(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names(f"t-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+async def amqp(broker: Broker) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(broker.url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
