@@ -55,7 +55,7 @@ def _translate(exc: Exception, what: str) -> StorageError:
     return StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
 
 
-class _Client(aioftp.Client):  # type: ignore[misc]
+class _Client(aioftp.Client):
     """aioftp opens a transfer's data connection before sending the command and leaks it
     when the server refuses the command (550 for a missing file): close it with us."""
 
