@@ -5,6 +5,7 @@
     ├── StorageError             the FTP server failed us (adapter level)
     │   ├── StorageUnavailable   transient: worth a retry with back-off
     │   └── StorageRefused       permanent: missing file, bad credentials, no permission
+    ├── BrokerUnavailable        the broker cannot be reached
     ├── PublishError             the broker did not confirm a publish (adapter level)
     ├── SettleFailed             an ack/reject did not reach the broker (it will redeliver)
     └── TaskCrash                a task ended without an outcome; `kind` is SPEC §4 `error.kind`
@@ -69,6 +70,10 @@ class StorageUnavailable(StorageError):
 
 class StorageRefused(StorageError):
     """The storage answered no (missing file, credentials, permission): retrying won't help."""
+
+
+class BrokerUnavailable(UlosError):
+    """The broker did not answer or dropped the connection."""
 
 
 class PublishError(UlosError):

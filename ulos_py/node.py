@@ -64,29 +64,16 @@ class TaskPool:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-def _broker_address(settings: Settings) -> rabbitmq.BrokerAddress:
-    return rabbitmq.BrokerAddress(
-        settings.broker_host,
-        settings.broker_port,
-        settings.broker_username,
-        settings.broker_password.get_secret_value(),
-        connection_name=f"ulos-py node {settings.node_id}",
-    )
-
-
 async def run_node(settings: Settings, stop: asyncio.Event) -> None:
     """Consume until `stop` is set, then shut down within the grace period."""
     registry = load_registry(settings.executors_file)
-    connection = await rabbitmq.connect_when_up(_broker_address(settings), stop)
+    connection = await rabbitmq.connect_when_up(
+        rabbitmq.BrokerAddress.of(settings, f"ulos-py node {settings.node_id}"), stop
+    )
     if connection is None:
         return
     storage = FtpStorage(
-        FtpAddress(
-            settings.storage_host,
-            settings.storage_port,
-            settings.storage_username,
-            settings.storage_password.get_secret_value(),
-        ),
+        FtpAddress.of(settings),
         connections=settings.storage_connections,
         retry=RetryPolicy(settings.storage_retries, settings.storage_retry_delay),
     )

@@ -11,7 +11,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,8 +26,8 @@ def _default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class Settings(BaseSettings):
-    """Everything a node reads at start; a bad value stops it with one line."""
+class ConnectionSettings(BaseSettings):
+    """Where the broker and the storage are: all that the operator commands need."""
 
     model_config = SettingsConfigDict(
         case_sensitive=True, extra="ignore", frozen=True, populate_by_name=True
@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     broker_port: Port = Field(5672, alias="MESSAGE_BROKER_PORT")
     broker_username: str = Field("guest", alias="MESSAGE_BROKER_USERNAME")
     broker_password: SecretStr = Field(SecretStr("guest"), alias="MESSAGE_BROKER_PASSWORD")
+    storage_host: str = Field("localhost", alias="REMOTE_STORAGE_HOST")
+    storage_port: Port = Field(21, alias="REMOTE_STORAGE_PORT")
+    storage_username: str = Field("anonymous", alias="REMOTE_STORAGE_USERNAME")
+    storage_password: SecretStr = Field(SecretStr(""), alias="REMOTE_STORAGE_PASSWORD")
+
+
+class Settings(ConnectionSettings):
+    """Everything a node reads at start; a bad value stops it with one line."""
+
     logs_exchange: str = Field(alias="MESSAGE_BROKER_LOGS_EXCHANGE")
     logs_routing_key: str = Field(alias="MESSAGE_BROKER_LOGS_ROUTING_KEY")
     crash_exchange: str = Field(alias="MESSAGE_BROKER_CRASH_EXCHANGE")
@@ -48,11 +57,6 @@ class Settings(BaseSettings):
         10, alias="MESSAGE_BROKER_PREFETCH_COUNT"
     )
     requeue_on_reject: bool = Field(False, alias="MESSAGE_BROKER_REQUEUE_ON_REJECT")
-
-    storage_host: str = Field("localhost", alias="REMOTE_STORAGE_HOST")
-    storage_port: Port = Field(21, alias="REMOTE_STORAGE_PORT")
-    storage_username: str = Field("anonymous", alias="REMOTE_STORAGE_USERNAME")
-    storage_password: SecretStr = Field(SecretStr(""), alias="REMOTE_STORAGE_PASSWORD")
 
     node_id: str = Field(default_factory=_default_node_id, alias="ULOS_NODE_ID")
     work_dir: Path = Field(Path(tempfile.gettempdir()) / "ulos-py", alias="ULOS_WORK_DIR")
@@ -75,12 +79,20 @@ class Settings(BaseSettings):
         return self.prefetch_count or self.max_in_flight
 
 
+S = TypeVar("S", bound=ConnectionSettings)
+
+
 def load_settings(env_file: Path | None = None) -> Settings:
+    """The node's settings; ConfigError names the bad variable."""
+    return load(Settings, env_file)
+
+
+def load(kind: type[S], env_file: Path | None = None) -> S:
     """Settings from the environment (and an env file); ConfigError names the bad variable."""
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"--env-file {env_file}: no such file")
     try:
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return kind(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

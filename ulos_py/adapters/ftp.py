@@ -20,6 +20,7 @@ import aioftp
 import structlog
 
 from ulos_py.errors import StorageError, StorageRefused, StorageUnavailable
+from ulos_py.settings import ConnectionSettings
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,15 @@ class FtpAddress:
     port: int
     username: str
     password: str
+
+    @classmethod
+    def of(cls, settings: ConnectionSettings) -> FtpAddress:
+        return cls(
+            settings.storage_host,
+            settings.storage_port,
+            settings.storage_username,
+            settings.storage_password.get_secret_value(),
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,15 @@ class FtpStorage:
             await client.rename(partial, remote_path)
 
         await self._attempt(f"upload {remote_path}", store)
+
+    async def make_parents(self, remote_path: str) -> None:
+        """Create the directories above `remote_path` (operator uploads to new places)."""
+        parent = str(PurePosixPath(remote_path).parent)
+
+        async def make(client: aioftp.Client) -> None:
+            await client.make_directory(parent, parents=True)
+
+        await self._attempt(f"make directory {parent}", make)
 
     async def close(self) -> None:
         """Close every idle connection (in-flight ones close when their transfer ends)."""

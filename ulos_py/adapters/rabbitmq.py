@@ -24,8 +24,10 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from ulos_py.errors import ConfigError, PublishError, SettleFailed
+from ulos_py.errors import BrokerUnavailable, ConfigError, PublishError, SettleFailed
 from ulos_py.ports import Delivery, Envelope
+from ulos_py.settings import ConnectionSettings
+from ulos_py.topology import Topology
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +50,16 @@ class BrokerAddress:
     password: str
     connection_name: str
 
+    @classmethod
+    def of(cls, settings: ConnectionSettings, connection_name: str) -> BrokerAddress:
+        return cls(
+            settings.broker_host,
+            settings.broker_port,
+            settings.broker_username,
+            settings.broker_password.get_secret_value(),
+            connection_name,
+        )
+
 
 CONNECT_BACKOFF_MAX = 30.0
 
@@ -67,6 +79,11 @@ async def connect(address: BrokerAddress) -> AbstractRobustConnection:
         raise ConfigError(
             f"the broker refused user {address.username!r}: check MESSAGE_BROKER_USERNAME "
             "and MESSAGE_BROKER_PASSWORD"
+        ) from exc
+    except (OSError, aiormq.exceptions.AMQPConnectionError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {address.host}:{address.port}: {reason}"
         ) from exc
 
 
@@ -215,3 +232,27 @@ async def consume(
             log.warning("cancel_consumer_failed", reason=str(exc))
 
     return stop
+
+
+async def declare_topology(connection: AbstractRobustConnection, topology: Topology) -> None:
+    """Declare exchanges, queues and bindings; declaring them again changes nothing."""
+    channel = await connection.channel()
+    try:
+        for spec in topology.exchange:
+            what = f"exchange {spec.name!r}"
+            await channel.declare_exchange(spec.name, spec.type, durable=spec.durable)
+        for queue_spec in topology.queue:
+            what = f"queue {queue_spec.name!r}"
+            queue = await channel.declare_queue(
+                queue_spec.name, durable=queue_spec.durable, arguments=queue_spec.arguments()
+            )
+            for binding in queue_spec.bind:
+                await queue.bind(binding.exchange, binding.routing_key)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigError(
+            f"{what} already exists on the broker with different settings ({exc.args[0]}); "
+            "delete it or change the file to match"
+        ) from exc
+    finally:
+        if not channel.is_closed:
+            await channel.close()

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import click
 
-from ulos_py.errors import ConfigError
+from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.log import configure_logging
 from ulos_py.node import install_signal_handlers, run_node
 from ulos_py.settings import Settings, load_settings
 
 
 @click.command()
-@click.option(
-    "--env-file",
-    type=click.Path(path_type=Path),
-    help="Shell file of `export NAME=value` lines; the environment overrides it.",
-)
+@env_file_option
+@one_line_errors
 def node(env_file: Path | None) -> None:
     """Consume tasks from MESSAGE_BROKER_CONSUMPTION_QUEUE until SIGTERM/SIGINT.
 
@@ -27,17 +23,9 @@ def node(env_file: Path | None) -> None:
     stops taking tasks, lets running ones finish within ULOS_SHUTDOWN_GRACE seconds and
     hands the rest back to the queue.
     """
-    try:
-        settings = load_settings(env_file)
-    except ConfigError as exc:
-        click.echo(f"ulos-py node: configuration error: {exc}", err=True)
-        sys.exit(2)
+    settings = load_settings(env_file)
     configure_logging(settings.log_format, settings.log_level)
-    try:
-        asyncio.run(_main(settings))
-    except ConfigError as exc:
-        click.echo(f"ulos-py node: {exc}", err=True)
-        sys.exit(2)
+    asyncio.run(_main(settings))
 
 
 async def _main(settings: Settings) -> None:

@@ -1,0 +1,95 @@
+"""The broker topology a deployment needs, read from a TOML file.
+
+Nodes assume their queues and exchanges exist (declaring them from every node would let
+nodes with different ideas fight over arguments); `ulos-py topology apply` declares them
+once from a file an operator can read and review.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ulos_py.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExchangeSpec(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    type: Literal["direct", "topic", "fanout", "headers"] = "direct"
+    durable: bool = True
+
+
+class BindingSpec(_Strict):
+    exchange: Annotated[str, Field(min_length=1)]
+    routing_key: str
+
+
+class QueueSpec(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    durable: bool = True
+    type: Literal["classic", "quorum"] = "classic"
+    max_priority: Annotated[int, Field(ge=1, le=255)] | None = None
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    bind: list[BindingSpec] = []
+
+    def arguments(self) -> dict[str, str | int]:
+        """The x-arguments RabbitMQ takes for these options."""
+        args: dict[str, str | int] = {}
+        if self.type == "quorum":
+            args["x-queue-type"] = "quorum"
+        if self.max_priority is not None:
+            args["x-max-priority"] = self.max_priority
+        if self.dead_letter_exchange is not None:
+            args["x-dead-letter-exchange"] = self.dead_letter_exchange
+        if self.dead_letter_routing_key is not None:
+            args["x-dead-letter-routing-key"] = self.dead_letter_routing_key
+        return args
+
+
+class Topology(_Strict):
+    exchange: list[ExchangeSpec] = []
+    queue: list[QueueSpec] = []
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and check a topology file; a problem becomes one ConfigError line."""
+    try:
+        topology = Topology.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"cannot read topology {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"topology {path} is not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"topology {path}: {where}: {first['msg']}") from exc
+    declared = {exchange.name for exchange in topology.exchange}
+    for queue in topology.queue:
+        for binding in queue.bind:
+            if binding.exchange not in declared:
+                raise ConfigError(
+                    f"topology {path}: queue {queue.name!r} binds to exchange "
+                    f"{binding.exchange!r}, which the file does not declare"
+                )
+    return topology
+
+
+def describe(topology: Topology) -> list[str]:
+    """Readable lines, one per declaration, for `topology show`."""
+    lines = [
+        f"exchange {e.name} ({e.type}, {'durable' if e.durable else 'transient'})"
+        for e in topology.exchange
+    ]
+    for queue in topology.queue:
+        extras = ", ".join(f"{k}={v}" for k, v in queue.arguments().items())
+        lines.append(f"queue {queue.name}" + (f" ({extras})" if extras else ""))
+        lines += [f"  bound to {b.exchange} with key {b.routing_key!r}" for b in queue.bind]
+    return lines
