@@ -93,10 +93,18 @@ class TaskCrash(UlosError):
 class MalformedTask(TaskCrash):
     kind = CrashKind.MALFORMED
 
-    def __init__(self, detail: str, raw_body: bytes, errors: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        detail: str,
+        raw_body: bytes,
+        errors: list[dict[str, Any]],
+        received: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.raw_body = raw_body
         self.errors = errors
+        self.received = received
+        """The body's JSON object when it is one, so the notice can carry its fields."""
 
 
 class NoRouting(TaskCrash):

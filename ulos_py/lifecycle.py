@@ -84,6 +84,8 @@ async def process(delivery: Delivery, deps: Deps) -> None:
         async with workspace(deps.work_dir, task.task_id) as space:
             await _run_stage(task, stage, executor, space, delivery, deps, report)
     except TaskCrash as crash:
+        if isinstance(crash, MalformedTask) and crash.received is not None:
+            report.known(crash.received, stage=None)
         report.crash(crash)
         requeue = deps.requeue_on_reject and not isinstance(crash, MalformedTask)
         await _settle(delivery.reject(requeue), report, Event.REJECTED, requeued=requeue)

@@ -96,7 +96,8 @@ def parse_task(body: bytes) -> tuple[dict[str, Any], Task]:
     except ValidationError as exc:
         errors = [{"path": _json_path(err["loc"]), "message": err["msg"]} for err in exc.errors()]
         summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-        raise MalformedTask(f"message breaks the task format: {summary}", body, errors) from exc
+        detail = f"message breaks the task format: {summary}"
+        raise MalformedTask(detail, body, errors, received) from exc
     return received, task
 
 

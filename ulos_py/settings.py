@@ -22,10 +22,6 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def _default_node_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 class ConnectionSettings(BaseSettings):
     """Where the broker and the storage are: all that the operator commands need."""
 
@@ -58,7 +54,7 @@ class Settings(ConnectionSettings):
     )
     requeue_on_reject: bool = Field(False, alias="MESSAGE_BROKER_REQUEUE_ON_REJECT")
 
-    node_id: str = Field(default_factory=_default_node_id, alias="ULOS_NODE_ID")
+    configured_node_id: str | None = Field(None, alias="ULOS_NODE_ID")
     work_dir: Path = Field(Path(tempfile.gettempdir()) / "ulos-py", alias="ULOS_WORK_DIR")
     max_in_flight: PositiveInt = Field(16, alias="ULOS_MAX_IN_FLIGHT")
     executors_file: Path = Field(Path("executors/registry.toml"), alias="ULOS_EXECUTORS_FILE")
@@ -72,6 +68,12 @@ class Settings(ConnectionSettings):
     archive_max_entries: PositiveInt = Field(10_000, alias="ULOS_ARCHIVE_MAX_ENTRIES")
     log_format: Literal["auto", "console", "json"] = Field("auto", alias="ULOS_LOG_FORMAT")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="ULOS_LOG_LEVEL")
+
+    @property
+    def node_id(self) -> str:
+        """ULOS_NODE_ID, or queue@host:pid, which stays unique per process."""
+        host = socket.gethostname()
+        return self.configured_node_id or f"{self.consumption_queue}@{host}:{os.getpid()}"
 
     @property
     def concurrency(self) -> int:

@@ -1,0 +1,250 @@
+"""The main job: a local pipeline of ulos-py nodes processing every sample message.
+
+Started by scripts/demo once RabbitMQ runs and the venv exists. It starts an FTP server
+(pyftpdlib) and one node per configuration in testing-configurations/, uploads the sample
+submission for each message, publishes every message in testing-messages/, shows each
+notice as it arrives, and ends with a table of each task's actual path against the
+expected one. Every process it started is stopped on the way out, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+ROOT = Path(__file__).resolve().parents[1]
+MESSAGES = ROOT / "testing-messages"
+CONFIGS = ROOT / "testing-configurations"
+RUN = ROOT / ".run"
+ULOS = [sys.executable, "-m", "ulos_py"]
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+FTP_PORT = 2121
+ROLES = ["general", "testing-1", "testing-2", "testing-3", "testing-4", "testing-5"]
+WAIT_SECONDS = 90
+
+
+@dataclass
+class Journey:
+    expected_stages: list[str]
+    expected_end: str
+    stages: list[str] = field(default_factory=list)
+    end: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.stages == self.expected_stages and self.end == self.expected_end
+
+
+def run(*args: str, quiet: bool = False) -> None:
+    env_file = ["--env-file", str(CONFIGS / "general.env")]
+    result = subprocess.run([*ULOS, *args, *env_file], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"ulos-py {' '.join(args)} failed:\n{result.stderr.strip()}")
+    if not quiet:
+        print(f"  {result.stdout.strip()}")
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited at start (is port {port} already in use?)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{what} did not answer on port {port}")
+
+
+def start_processes(children: list[subprocess.Popen[bytes]]) -> None:
+    ftp_root = RUN / "ftp"
+    shutil.rmtree(ftp_root, ignore_errors=True)
+    ftp_root.mkdir(parents=True)
+    logs = RUN / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"==> FTP server (pyftpdlib) on 127.0.0.1:{FTP_PORT}, files in {ftp_root}")
+    ftp = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyftpdlib",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(FTP_PORT),
+            "-w",
+            "-d",
+            str(ftp_root),
+            "-u",
+            "demo",
+            "-P",
+            "demo",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(logs / "ftp.log").open("w"),
+    )
+    children.append(ftp)
+    wait_for_port(FTP_PORT, ftp, "the FTP server")
+    print("==> broker topology")
+    run("topology", "apply", str(CONFIGS / "topology.toml"))
+    print(f"==> nodes (logs in {logs})")
+    for role in ROLES:
+        log = (logs / f"{role}.log").open("w")
+        env = {**os.environ, "ULOS_LOG_FORMAT": "json", "ULOS_WORK_DIR": str(RUN / "work")}
+        node = subprocess.Popen(
+            [*ULOS, "node", "--env-file", str(CONFIGS / f"{role}.env")],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        children.append(node)
+        print(f"  {role}: pid {node.pid}")
+
+
+def stop_processes(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in reversed(children):
+        try:
+            child.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+async def purge_stage_queues(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Leftovers of an interrupted run would muddle this one's table."""
+    for name in ROLES:
+        queue = await channel.get_queue(name, ensure=True)
+        await queue.purge()
+
+
+async def watch(journeys: dict[str, Journey], ready: asyncio.Event) -> None:
+    connection = await aio_pika.connect_robust(BROKER_URL)
+    async with connection:
+        channel = await connection.channel()
+        await purge_stage_queues(channel)
+        notices = await channel.declare_queue(exclusive=True)
+        await notices.bind("logs-exchange", "logs")
+        await notices.bind("crash-exchange", "crash")
+        ready.set()
+        deadline = time.monotonic() + WAIT_SECONDS
+        async with notices.iterator() as incoming:
+            while any(j.end is None for j in journeys.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                try:
+                    message = await asyncio.wait_for(incoming.__anext__(), remaining)
+                except TimeoutError:
+                    return
+                await message.ack()
+                if message.exchange == "logs-exchange" and b'"crashed"' in message.body:
+                    continue  # the crash notice itself says it all
+                follow(json.loads(message.body), journeys)
+
+
+def follow(notice: dict[str, Any], journeys: dict[str, Journey]) -> None:
+    task_id = str(notice.get("taskId", "?"))
+    name = task_id.removeprefix("demo-")
+    journey = journeys.get(name)
+    stage = (notice.get("stage") or {}).get("routingKey", "-")
+    event = notice.get("event")
+    if event in ("received", "acked", "rejected", "downloaded", "uploaded"):
+        return  # shown in the node logs; keep the live view to what moves a task
+    print(f"  {task_id:<20} {stage:<16} {event:<18} {notice.get('logMessage', '')}")
+    if journey is None:
+        return
+    if event == "execution_finished":
+        journey.stages.append(f"{stage}:{notice['outcome']}")
+    elif event == "forwarded" and notice["target"]["routingKey"].startswith("lab."):
+        journey.end = notice["target"]["routingKey"]
+    elif event == "completed":
+        journey.end = "completed"
+    elif event == "crashed" and "error" in notice:
+        journey.end = f"crash:{notice['error']['kind']}"
+
+
+def publish_all(names: list[str]) -> None:
+    valid = [str(MESSAGES / f"{name}.json") for name in names if name != "bad-format"]
+    print("==> publishing")
+    run("publish", *valid)
+    if "bad-format" in names:
+        run(
+            "publish",
+            "--no-validate",
+            "--exchange",
+            "processing-exchange",
+            "--routing-key",
+            "skip",
+            str(MESSAGES / "bad-format.json"),
+        )
+
+
+def upload_submissions(names: list[str]) -> None:
+    print("==> uploading the sample submission for each message")
+    submission = MESSAGES / "submissions" / "hello-world"
+    for name in names:
+        body = json.loads((MESSAGES / f"{name}.json").read_text())
+        path = body.get("filePath")
+        if name in ("missing-file", "bad-format") or not isinstance(path, str):
+            continue
+        run("storage", "upload", str(submission), path, quiet=True)
+    print(f"  {len(names) - 2} submissions uploaded")
+
+
+def report(journeys: dict[str, Journey]) -> bool:
+    print()
+    print(f"{'message':<14} {'as expected':<12} path taken (stage:outcome > end)")
+    for name, j in journeys.items():
+        actual = " > ".join([*j.stages, j.end or "(no end seen)"])
+        print(f"{name:<14} {'yes' if j.ok else 'NO':<12} {actual}")
+        if not j.ok:
+            expected = " > ".join([*j.expected_stages, j.expected_end])
+            print(f"{'':<14} {'expected':<12} {expected}")
+    bad = [name for name, j in journeys.items() if not j.ok]
+    print()
+    print(f"{len(journeys) - len(bad)} of {len(journeys)} tasks took their expected path")
+    return not bad
+
+
+async def main() -> int:
+    expected = tomllib.loads((MESSAGES / "expected.toml").read_text())
+    journeys = {name: Journey(list(spec["stages"]), spec["end"]) for name, spec in expected.items()}
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        start_processes(children)
+        ready = asyncio.Event()
+        watcher = asyncio.create_task(watch(journeys, ready))
+        await ready.wait()
+        upload_submissions(list(journeys))
+        publish_all(list(journeys))
+        print("==> following the notices (task, stage, event, message)")
+        await watcher
+        return 0 if report(journeys) else 1
+    finally:
+        print("==> stopping every process this run started")
+        stop_processes(children)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main()))
+    except KeyboardInterrupt:
+        sys.exit(130)
