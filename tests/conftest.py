@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import aio_pika
 import pytest
@@ -38,6 +39,30 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+class _TestHandler(FTPHandler):  # type: ignore[misc]
+    """pyftpdlib's handler, quiet, counting logins, and able to refuse a file for a while."""
+
+    logins: ClassVar[int] = 0
+    transient_failures: ClassVar[dict[str, int]] = {}  # file name -> RETRs still to refuse with 450
+
+    def log(self, msg: str, logfun: object = None) -> None:
+        pass
+
+    def logline(self, msg: str, logfun: object = None) -> None:
+        pass
+
+    def on_login(self, username: str) -> None:
+        type(self).logins += 1
+
+    def ftp_RETR(self, file: str) -> object:
+        name = Path(file).name
+        if self.transient_failures.get(name, 0) > 0:
+            self.transient_failures[name] -= 1
+            self.respond("450 Busy, try again.")
+            return None
+        return super().ftp_RETR(file)
+
+
 @dataclass(frozen=True)
 class FtpServer:
     host: str
@@ -45,6 +70,7 @@ class FtpServer:
     username: str
     password: str
     root: Path
+    handler: type[_TestHandler]
 
     def put(self, remote_path: str, data: bytes) -> None:
         """Place a file on the server's disk (test set-up, not the system under test)."""
@@ -79,18 +105,10 @@ def broker() -> Broker:
     return Broker(BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASSWORD)
 
 
-class _QuietHandler(FTPHandler):  # type: ignore[misc]
-    def log(self, msg: str, logfun: object = None) -> None:
-        pass
-
-    def logline(self, msg: str, logfun: object = None) -> None:
-        pass
-
-
 def start_ftp_server(root: Path, port: int = 0) -> tuple[ThreadedFTPServer, threading.Thread]:
     authorizer = DummyAuthorizer()
     authorizer.add_user(FTP_USER, FTP_PASSWORD, str(root), perm="elradfmwMT")
-    handler = type("Handler", (_QuietHandler,), {"authorizer": authorizer})
+    handler = type("Handler", (_TestHandler,), {"authorizer": authorizer})
     handler.passive_ports = None
     server = ThreadedFTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
@@ -104,7 +122,7 @@ def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
     server, thread = start_ftp_server(root)
     host, port = server.address[:2]
     try:
-        yield FtpServer(host, port, FTP_USER, FTP_PASSWORD, root)
+        yield FtpServer(host, port, FTP_USER, FTP_PASSWORD, root, server.handler)
     finally:
         server.close_all()
         thread.join(timeout=5)

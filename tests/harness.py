@@ -147,9 +147,10 @@ async def pipeline(names: Names, connection: AbstractRobustConnection) -> AsyncI
         await channel.close()
 
 
-def node_settings(
+def node_values(
     names: Names, broker: Broker, ftp: FtpServer, work_dir: Path, **overrides: Any
-) -> Settings:
+) -> dict[str, Any]:
+    """A test node's settings by their environment variable names."""
     values: dict[str, Any] = {
         "MESSAGE_BROKER_HOST": broker.host,
         "MESSAGE_BROKER_PORT": broker.port,
@@ -173,7 +174,13 @@ def node_settings(
         "ULOS_LOG_FORMAT": "json",
     }
     values.update(overrides)
-    return Settings(**values)
+    return values
+
+
+def node_settings(
+    names: Names, broker: Broker, ftp: FtpServer, work_dir: Path, **overrides: Any
+) -> Settings:
+    return Settings(**node_values(names, broker, ftp, work_dir, **overrides))
 
 
 @asynccontextmanager

@@ -36,6 +36,7 @@ class QueueSpec(_Strict):
     durable: bool = True
     type: Literal["classic", "quorum"] = "classic"
     max_priority: Annotated[int, Field(ge=1, le=255)] | None = None
+    max_length: Annotated[int, Field(ge=0)] | None = None
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
     bind: list[BindingSpec] = []
@@ -47,6 +48,8 @@ class QueueSpec(_Strict):
             args["x-queue-type"] = "quorum"
         if self.max_priority is not None:
             args["x-max-priority"] = self.max_priority
+        if self.max_length is not None:
+            args["x-max-length"] = self.max_length
         if self.dead_letter_exchange is not None:
             args["x-dead-letter-exchange"] = self.dead_letter_exchange
         if self.dead_letter_routing_key is not None:

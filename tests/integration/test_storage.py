@@ -1,0 +1,82 @@
+"""The FTP adapter inside a node: connections are reused, transient errors retried."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Broker, FtpServer, Names
+from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def line(names: Names, amqp):  # type: ignore[no-untyped-def]
+    async with pipeline(names, amqp) as created:
+        yield created
+
+
+def tree(names: Names) -> dict:
+    return stage(names.exchange, "skip", success=stage(names.exchange, "next-key"))
+
+
+async def test_connections_are_reused_across_tasks(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, tmp_path: Path
+) -> None:
+    for n in range(12):
+        ftp_server.put(f"/{names.prefix}/{n}.zip", make_zip({"a.txt": str(n)}))
+    settings = node_settings(names, broker, ftp_server, tmp_path, ULOS_STORAGE_CONNECTIONS=2)
+    before = ftp_server.handler.logins
+    async with running_node(settings):
+        for n in range(12):
+            await line.publish(task(f"t-{n}", f"/{names.prefix}/{n}.zip", tree(names)))
+        for _ in range(12):
+            await line.next_json("next")
+    # 24 transfers (12 downloads, 12 uploads) over at most 2 logged-in connections
+    assert ftp_server.handler.logins - before <= 2
+
+
+async def test_transient_errors_are_retried(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, tmp_path: Path
+) -> None:
+    name = f"{names.prefix}-flaky.zip"
+    ftp_server.put(f"/{names.prefix}/{name}", make_zip({"a.txt": "x"}))
+    ftp_server.handler.transient_failures[name] = 2
+    settings = node_settings(names, broker, ftp_server, tmp_path, ULOS_STORAGE_RETRIES=3)
+    async with running_node(settings):
+        await line.publish(task("t-flaky", f"/{names.prefix}/{name}", tree(names)))
+        forwarded = await line.next_json("next")
+    assert forwarded["taskId"] == "t-flaky"
+    assert ftp_server.handler.transient_failures[name] == 0
+    assert line.empty("crashes")
+
+
+async def test_lasting_errors_crash_after_the_retries(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, tmp_path: Path
+) -> None:
+    name = f"{names.prefix}-down.zip"
+    ftp_server.put(f"/{names.prefix}/{name}", make_zip({"a.txt": "x"}))
+    ftp_server.handler.transient_failures[name] = 100
+    settings = node_settings(names, broker, ftp_server, tmp_path, ULOS_STORAGE_RETRIES=2)
+    async with running_node(settings):
+        await line.publish(task("t-down", f"/{names.prefix}/{name}", tree(names)))
+        crash = await line.next_json("crashes")
+    assert crash["error"]["kind"] == "download"
+    assert "450" in crash["error"]["detail"]
+    assert ftp_server.handler.transient_failures[name] == 100 - 3  # first try + 2 retries
+
+
+async def test_wrong_password_is_a_download_crash_not_retried(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, tmp_path: Path
+) -> None:
+    settings = node_settings(
+        names, broker, ftp_server, tmp_path, REMOTE_STORAGE_PASSWORD="wrong-password"
+    )
+    async with running_node(settings):
+        await line.publish(task("t-creds", f"/{names.prefix}/x.zip", tree(names)))
+        crash = await line.next_json("crashes")
+    assert crash["error"]["kind"] == "download"
+    assert "530" in crash["error"]["detail"]
+    assert "wrong-password" not in str(crash)
