@@ -306,3 +306,60 @@ async def test_grace_expiry_returns_task_to_queue(
     await asyncio.sleep(0.3)
     assert await line.depth() == 1
     assert list(work_dir.iterdir()) == []
+
+
+async def test_prefetch_zero_uses_own_cap(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, work_dir: Path
+) -> None:
+    ftp_server.put(f"/{names.prefix}/c.zip", make_zip(SUBMISSION))
+    settings = node_settings(
+        names,
+        broker,
+        ftp_server,
+        work_dir,
+        MESSAGE_BROKER_PREFETCH_COUNT=0,
+        ULOS_MAX_IN_FLIGHT=2,
+    )
+    async with running_node(settings):
+        for n in range(5):
+            await line.publish(task(f"t-{n}", f"/{names.prefix}/c.zip", branches(names, "pass")))
+        running, peak = 0, 0
+        for _ in range(10):
+            notice = await _next_execution_event(line)
+            running += 1 if notice == "execution_started" else -1
+            peak = max(peak, running)
+    assert peak == 2
+
+
+async def test_wrapped_folder_and_mac_junk_are_unpacked_cleanly(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, work_dir: Path
+) -> None:
+    path = f"/{names.prefix}/mac.zip"
+    ftp_server.put(
+        path,
+        make_zip(
+            {
+                "alice/main.py": "print(1)\n",
+                "alice/.DS_Store": "junk",
+                "__MACOSX/alice/._main.py": "junk",
+            }
+        ),
+    )
+    async with running_node(node_settings(names, broker, ftp_server, work_dir)):
+        await line.publish(task("t-mac", path, branches(names, "skip")))
+        await line.next_json("next")
+    assert zip_names(ftp_server.get(path)) == {"main.py", f"output_{names.exchange}_skip.txt"}
+
+
+async def test_zip_over_the_entry_limit_is_refused(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, work_dir: Path
+) -> None:
+    path = f"/{names.prefix}/big.zip"
+    ftp_server.put(path, make_zip({f"f{n}.txt": "x" for n in range(5)}))
+    settings = node_settings(names, broker, ftp_server, work_dir, ULOS_ARCHIVE_MAX_ENTRIES=4)
+    async with running_node(settings):
+        await line.publish(task("t-big", path, branches(names, "skip")))
+        crash = await line.next_json("crashes")
+    assert crash["error"]["kind"] == "archive"
+    assert "limit" in crash["error"]["detail"]
+    assert list(work_dir.iterdir()) == []
