@@ -51,7 +51,7 @@ class RoutingNode(BaseModel):
     """One stage and the branches that follow it; the root is the current stage."""
 
     model_config = ConfigDict(
-        frozen=True, strict=True, extra="allow", alias_generator=to_camel, populate_by_name=True
+        frozen=True, strict=True, extra="allow", alias_generator=to_camel, validate_by_name=True
     )
 
     exchange: ShortString
@@ -68,7 +68,7 @@ class Task(BaseModel):
     """A task message; extra fields are kept and travel on."""
 
     model_config = ConfigDict(
-        frozen=True, strict=True, extra="allow", alias_generator=to_camel, populate_by_name=True
+        frozen=True, strict=True, extra="allow", alias_generator=to_camel, validate_by_name=True
     )
 
     task_id: Annotated[str, Field(min_length=1)]
@@ -86,13 +86,14 @@ def parse_task(body: bytes) -> tuple[dict[str, Any], Task]:
     """
     try:
         received = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedTask(f"body is not UTF-8 JSON: {exc}", body, []) from exc
     if not isinstance(received, dict):
         kind = type(received).__name__
         raise MalformedTask(f"body is JSON but not an object (got {kind})", body, [])
     try:
-        task = Task.model_validate(received)
+        # by alias only: the wire format's names are exactly the camelCase ones (SPEC §2)
+        task = Task.model_validate(received, by_alias=True, by_name=False)
     except ValidationError as exc:
         errors = [{"path": _json_path(err["loc"]), "message": err["msg"]} for err in exc.errors()]
         summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors)

@@ -37,12 +37,27 @@ def forward_message_id(task: Task, stage: RoutingNode, outcome: Outcome) -> str:
     The whole remaining tree goes into the hash, not only the routing key, because one key
     may appear at several depths of a tree and those are different hops.
     """
-    tree = json.dumps(stage.wire(), sort_keys=True)
+    # exclude_none: an explicit null branch and a missing one mean the same (SPEC §2)
+    tree = json.dumps(
+        stage.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True
+    )
     digest = hashlib.sha256(f"{task.task_id}\x00{tree}\x00{outcome.value}".encode())
     return digest.hexdigest()[:32]
 
 
+MAX_FILE_NAME_BYTES = 255
+
+
 def output_file_name(stage: RoutingNode) -> str:
-    """SPEC §5 output file name, with path separators made harmless."""
-    name = f"output_{stage.exchange}_{stage.routing_key}.txt"
-    return name.replace("/", "_").replace("\\", "_").replace("\x00", "_")
+    """SPEC §5 output file name, with path separators made harmless.
+
+    Exchange and key may each be 255 bytes, more than a file name may hold; a name too
+    long is cut and given a hash of the whole, so it stays unique per stage.
+    """
+    name = f"output_{stage.exchange}_{stage.routing_key}"
+    name = name.replace("/", "_").replace("\\", "_").replace("\x00", "_")
+    if len(name.encode()) + len(".txt") <= MAX_FILE_NAME_BYTES:
+        return f"{name}.txt"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    head = name.encode()[:200].decode("utf-8", errors="ignore")
+    return f"{head}-{digest}.txt"

@@ -1,0 +1,206 @@
+"""In-memory doubles of the ports in `ulos_py.ports`, injected instead of monkeypatched.
+
+Each double records what the lifecycle did to it, so tests assert on values, not on calls.
+A shared `journal` list, when given, records the order of side effects across doubles
+(for example that the forward was confirmed before the ack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+from ulos_py.errors import PublishError, SettleFailed, StorageRefused, StorageUnavailable
+from ulos_py.models import Outcome, RoutingNode
+from ulos_py.ports import Envelope, ExecutionResult, TimeoutPolicy
+
+Route = tuple[str, str]
+
+
+class FakeDelivery:
+    """A delivery that must be settled exactly once; a second settle is a test failure."""
+
+    def __init__(
+        self,
+        body: bytes,
+        priority: int | None = None,
+        redelivered: bool = False,
+        *,
+        settle_fails: bool = False,
+        journal: list[str] | None = None,
+    ) -> None:
+        self.body = body
+        self.priority = priority
+        self.redelivered = redelivered
+        self.settle_fails = settle_fails
+        self.acked = False
+        self.rejected = False
+        self.requeue: bool | None = None
+        self.settle_attempts = 0
+        self._journal = journal if journal is not None else []
+
+    @property
+    def settled(self) -> bool:
+        return self.acked or self.rejected
+
+    def _attempt(self, what: str) -> None:
+        self.settle_attempts += 1
+        if self.settle_attempts > 1:
+            raise AssertionError(f"delivery settled twice (second settle: {what})")
+        self._journal.append(what)
+        if self.settle_fails:
+            raise SettleFailed(f"channel closed before {what}")
+
+    async def ack(self) -> None:
+        self._attempt("ack")
+        self.acked = True
+
+    async def reject(self, requeue: bool) -> None:
+        self._attempt("reject")
+        self.rejected = True
+        self.requeue = requeue
+
+
+class FakePublisher:
+    """Records every confirmed envelope per (exchange, routing key)."""
+
+    def __init__(
+        self,
+        failing: set[Route] | None = None,
+        *,
+        confirm_delay: float = 0.0,
+        journal: list[str] | None = None,
+    ) -> None:
+        self.failing: set[Route] = set(failing or ())
+        self.confirm_delay = confirm_delay
+        self.published: defaultdict[Route, list[Envelope]] = defaultdict(list)
+        self.refused: list[Envelope] = []
+        self._journal = journal if journal is not None else []
+
+    async def publish(self, envelope: Envelope) -> None:
+        await asyncio.sleep(self.confirm_delay)  # a broker confirm is never instant
+        route = (envelope.exchange, envelope.routing_key)
+        if route in self.failing:
+            self.refused.append(envelope)
+            raise PublishError(f"exchange {envelope.exchange!r} refused the publish")
+        self.published[route].append(envelope)
+        self._journal.append(f"publish {envelope.exchange}/{envelope.routing_key}")
+
+    def to(self, exchange: str, routing_key: str) -> list[Envelope]:
+        """What was confirmed on one route (without creating an entry for it)."""
+        return list(self.published.get((exchange, routing_key), []))
+
+    @property
+    def routes(self) -> set[Route]:
+        return {route for route, envelopes in self.published.items() if envelopes}
+
+
+class FakeStorage:
+    """Remote path → bytes; a missing path is refused, uploads may be made to fail."""
+
+    def __init__(
+        self, files: dict[str, bytes] | None = None, *, fail_uploads: bool = False
+    ) -> None:
+        self.files: dict[str, bytes] = dict(files or {})
+        self.fail_uploads = fail_uploads
+        self.downloads: list[str] = []
+        self.uploads: list[str] = []
+
+    async def download(self, remote_path: str, local_file: Path) -> None:
+        if remote_path not in self.files:
+            raise StorageRefused(f"550 {remote_path}: no such file")
+        await asyncio.to_thread(local_file.write_bytes, self.files[remote_path])
+        self.downloads.append(remote_path)
+
+    async def upload(self, local_file: Path, remote_path: str) -> None:
+        if self.fail_uploads:
+            raise StorageUnavailable("421 service not available")
+        self.files[remote_path] = await asyncio.to_thread(local_file.read_bytes)
+        self.uploads.append(remote_path)
+
+
+class SleepingExecutor:
+    """Never decides; records that it started and whether it was cancelled."""
+
+    def __init__(
+        self, name: str = "sleeper", on_timeout: TimeoutPolicy = TimeoutPolicy.CRASH
+    ) -> None:
+        self.name = name
+        self.on_timeout = on_timeout
+        self.started = asyncio.Event()
+        self.cancelled = False
+        self.workdir: Path | None = None
+
+    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+        self.workdir = workdir
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("unreachable: the event is never set")
+
+
+class FileWritingExecutor:
+    """Writes one file into the working directory and decides `outcome`.
+
+    Records the relative paths it found in the working directory (`seen` for the last run,
+    `listings` for all), so tests can see what the submission was unpacked to.
+    """
+
+    def __init__(
+        self,
+        file_name: str = "result.txt",
+        content: str = "graded: 10/10\n",
+        outcome: Outcome = Outcome.PASS,
+        name: str = "writer",
+    ) -> None:
+        self.name = name
+        self.on_timeout = TimeoutPolicy.CRASH
+        self.file_name = file_name
+        self.content = content
+        self.outcome = outcome
+        self.seen: list[str] = []
+        self.listings: list[list[str]] = []
+        self.workdirs: list[Path] = []
+
+    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+        self.workdirs.append(workdir)
+        self.seen = await asyncio.to_thread(_listing, workdir)
+        self.listings.append(self.seen)
+        await asyncio.sleep(0)  # let concurrent tasks interleave
+        await asyncio.to_thread((workdir / self.file_name).write_text, self.content, "utf-8")
+        return ExecutionResult(self.outcome, f"wrote {self.file_name}\n")
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+class RaisingExecutor:
+    """Fails the way a buggy executor would: with an exception that is not ours."""
+
+    name = "raiser"
+    on_timeout = TimeoutPolicy.CRASH
+
+    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+        raise RuntimeError("executor bug")
+
+
+def zip_bytes(entries: dict[str, bytes | str]) -> bytes:
+    """A zip of the given entries (a name ending in '/' is a directory)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def zip_names(data: bytes) -> dict[str, bytes]:
+    """The entries of a zip held in memory, name → content."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {info.filename: zf.read(info) for info in zf.infolist()}

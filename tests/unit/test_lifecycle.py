@@ -1,0 +1,762 @@
+"""The lifecycle on in-memory doubles: one test (at least) per row of SPEC §3."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.unit.fakes import (
+    FakeDelivery,
+    FakePublisher,
+    FakeStorage,
+    FileWritingExecutor,
+    RaisingExecutor,
+    SleepingExecutor,
+    zip_bytes,
+    zip_names,
+)
+from ulos_py.archive import ArchiveLimits
+from ulos_py.execution.builtin import Behaviour, BuiltinExecutor
+from ulos_py.execution.registry import Registry
+from ulos_py.lifecycle import Deps, process
+from ulos_py.ports import Envelope, Executor, TimeoutPolicy
+from ulos_py.reporting import NoticeRoutes
+
+NODE_ID = "node-under-test"
+LOGS = ("logs-exchange", "logs-key")
+CRASH = ("crash-exchange", "crash-key")
+ROUTES = NoticeRoutes(LOGS[0], LOGS[1], CRASH[0], CRASH[1])
+
+EXCHANGE = "processing-exchange"
+TASK_ID = "sub-2031"
+FILE = "/ftp/one/lab3/sub-2031.zip"
+SUBMISSION = zip_bytes({"main.py": "print('hi')\n", "data/": b"", "data/in.txt": "1 2 3\n"})
+
+SUCCESS = {
+    "exchange": EXCHANGE,
+    "routingKey": "lab.next",
+    "successRoutingDecision": {"exchange": EXCHANGE, "routingKey": "lab.passed"},
+    "failureRoutingDecision": {"exchange": "results", "routingKey": "lab.failed"},
+    "nodeNote": "kept in the subtree",
+}
+FAILURE = {"exchange": "results", "routingKey": "lab.failed"}
+SUCCESS_ROUTE = (EXCHANGE, "lab.next")
+FAILURE_ROUTE = ("results", "lab.failed")
+
+HAPPY_EVENTS = ["received", "downloaded", "execution_started", "execution_finished", "uploaded"]
+
+
+def task(stage: str = "pass", **fields: Any) -> dict[str, Any]:
+    """A valid task whose current stage is `stage`; `fields` override or add top-level fields."""
+    tree: dict[str, Any] = {
+        "exchange": EXCHANGE,
+        "routingKey": stage,
+        "successRoutingDecision": SUCCESS,
+        "failureRoutingDecision": FAILURE,
+    }
+    return {
+        "taskId": TASK_ID,
+        "taskOwnerId": "student-88",
+        "filePath": FILE,
+        "timeout": 10,
+        "routingTree": tree,
+        "course": {"code": "CS101", "term": "2024S"},
+        "logMessage": "set by an upstream node",
+        **fields,
+    }
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode("utf-8")
+
+
+def builtin_registry() -> Registry:
+    """The shipped built-in behaviours, without their delays."""
+    return Registry(
+        (
+            ("pass", BuiltinExecutor("pass", Behaviour.PASS)),
+            ("fail", BuiltinExecutor("fail", Behaviour.FAIL)),
+            ("crash", BuiltinExecutor("crash", Behaviour.CRASH)),
+        )
+    )
+
+
+def only(executor: Executor) -> Registry:
+    return Registry((("*", executor),))
+
+
+@dataclass
+class Node:
+    """The doubles around one `process` call, and what they recorded."""
+
+    work_dir: Path
+    publisher: FakePublisher
+    storage: FakeStorage
+    executors: Registry
+    requeue_on_reject: bool = False
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    journal: list[str] = field(default_factory=list)
+
+    @property
+    def deps(self) -> Deps:
+        return Deps(
+            node_id=NODE_ID,
+            publisher=self.publisher,
+            storage=self.storage,
+            executors=self.executors,
+            routes=ROUTES,
+            work_dir=self.work_dir,
+            limits=self.limits,
+            requeue_on_reject=self.requeue_on_reject,
+        )
+
+    async def run(self, body: bytes, **delivery: Any) -> FakeDelivery:
+        received = FakeDelivery(body, journal=self.journal, **delivery)
+        await process(received, self.deps)
+        return received
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [envelope.body for envelope in self.publisher.to(*LOGS)]
+
+    def events(self) -> list[str]:
+        return [notice["event"] for notice in self.logs()]
+
+    def crashes(self) -> list[dict[str, Any]]:
+        return [envelope.body for envelope in self.publisher.to(*CRASH)]
+
+    def forwards(self) -> list[Envelope]:
+        return [
+            envelope
+            for route, envelopes in self.publisher.published.items()
+            if route not in (LOGS, CRASH)
+            for envelope in envelopes
+        ]
+
+    def assert_work_dir_empty(self) -> None:
+        assert list(self.work_dir.iterdir()) == []
+
+    def assert_nothing_uploaded(self) -> None:
+        assert self.storage.uploads == []
+        assert self.storage.files.get(FILE) in (None, SUBMISSION)
+
+
+def make_node(
+    tmp_path: Path,
+    executors: Registry | None = None,
+    *,
+    files: dict[str, bytes] | None = None,
+    failing: set[tuple[str, str]] | None = None,
+    fail_uploads: bool = False,
+    requeue_on_reject: bool = False,
+    limits: ArchiveLimits | None = None,
+    confirm_delay: float = 0.0,
+) -> Node:
+    journal: list[str] = []
+    return Node(
+        work_dir=tmp_path,
+        publisher=FakePublisher(failing, confirm_delay=confirm_delay, journal=journal),
+        storage=FakeStorage(
+            {FILE: SUBMISSION} if files is None else files, fail_uploads=fail_uploads
+        ),
+        executors=builtin_registry() if executors is None else executors,
+        requeue_on_reject=requeue_on_reject,
+        limits=limits or ArchiveLimits(),
+        journal=journal,
+    )
+
+
+def assert_crash(node: Node, kind: str, *, stage: str | None = "pass") -> dict[str, Any]:
+    """Exactly one crash notice of `kind`, carrying the task and the stage; returns it."""
+    [notice] = node.crashes()
+    assert notice["event"] == "crashed"
+    assert notice["error"]["kind"] == kind
+    assert notice["error"]["detail"]
+    assert notice["nodeId"] == NODE_ID
+    if kind != "malformed":
+        assert notice["taskId"] == TASK_ID
+        assert notice["course"] == {"code": "CS101", "term": "2024S"}
+    expected_stage = None if stage is None else {"exchange": EXCHANGE, "routingKey": stage}
+    assert notice["stage"] == expected_stage
+    [logged] = [n for n in node.logs() if n["event"] == "crashed"]
+    assert logged["error"]["kind"] == kind
+    return notice
+
+
+def assert_rejected(node: Node, delivery: FakeDelivery, *, requeue: bool = False) -> None:
+    assert delivery.rejected
+    assert not delivery.acked
+    assert delivery.requeue is requeue
+    assert node.forwards() == []
+    [rejected] = [n for n in node.logs() if n["event"] == "rejected"]
+    assert rejected["requeued"] is requeue
+    node.assert_work_dir_empty()
+
+
+# --- executor PASS -----------------------------------------------------------------------
+
+
+async def test_pass_uploads_forwards_success_branch_then_acks(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    delivery = await node.run(encode(task("pass")), priority=7)
+
+    assert delivery.acked
+    assert not delivery.rejected
+    assert node.events() == [*HAPPY_EVENTS, "forwarded", "acked"]
+    assert node.crashes() == []
+    [forward] = node.forwards()
+    assert (forward.exchange, forward.routing_key) == SUCCESS_ROUTE
+    assert forward.body["routingTree"] == SUCCESS
+    assert forward.body["course"] == {"code": "CS101", "term": "2024S"}
+    assert forward.body["taskId"] == TASK_ID
+    assert forward.body["filePath"] == FILE
+    assert "logMessage" not in forward.body
+    assert forward.correlation_id == TASK_ID
+    assert forward.priority == 7
+    assert forward.message_id is not None
+    assert re.fullmatch(r"[0-9a-f]{32}", forward.message_id)
+    # the ack follows the confirmed forward; only the "acked" notice comes after it
+    assert node.journal.index("ack") > node.journal.index(f"publish {EXCHANGE}/lab.next")
+    assert node.journal[-2:] == ["ack", f"publish {LOGS[0]}/{LOGS[1]}"]
+    node.assert_work_dir_empty()
+
+
+async def test_forward_and_notices_are_confirmed_before_the_ack(tmp_path: Path) -> None:
+    node = make_node(tmp_path, confirm_delay=0.01)
+
+    delivery = await node.run(encode(task("pass")))
+
+    assert delivery.acked
+    ack = node.journal.index("ack")
+    log_publish = f"publish {LOGS[0]}/{LOGS[1]}"
+    assert f"publish {EXCHANGE}/lab.next" in node.journal[:ack]
+    assert node.journal[:ack].count(log_publish) == len([*HAPPY_EVENTS, "forwarded"])
+    assert node.journal[ack + 1 :] == [log_publish]  # the "acked" notice itself
+
+
+async def test_pass_upload_holds_submission_and_stage_output(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    await node.run(encode(task("pass")))
+
+    assert node.storage.uploads == [FILE]
+    uploaded = zip_names(node.storage.files[FILE])
+    assert uploaded["main.py"] == b"print('hi')\n"
+    assert uploaded["data/in.txt"] == b"1 2 3\n"
+    output = uploaded[f"output_{EXCHANGE}_pass.txt"].decode()
+    assert "pass" in output
+    assert output.endswith("pass\n")
+    node.assert_work_dir_empty()
+
+
+async def test_executor_files_are_uploaded_and_output_file_named_after_stage(
+    tmp_path: Path,
+) -> None:
+    executor = FileWritingExecutor("result.txt", "graded: 10/10\n")
+    node = make_node(tmp_path, only(executor))
+
+    delivery = await node.run(encode(task("python-tests")))
+
+    assert delivery.acked
+    assert executor.seen == ["data", "data/in.txt", "main.py"]
+    uploaded = zip_names(node.storage.files[FILE])
+    assert uploaded["result.txt"] == b"graded: 10/10\n"
+    assert uploaded[f"output_{EXCHANGE}_python-tests.txt"] == b"wrote result.txt\n"
+    node.assert_work_dir_empty()
+
+
+async def test_pass_without_success_branch_completes_and_acks(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    message = task("pass")
+    del message["routingTree"]["successRoutingDecision"]
+
+    delivery = await node.run(encode(message))
+
+    assert delivery.acked
+    assert node.forwards() == []
+    assert node.events() == [*HAPPY_EVENTS, "completed", "acked"]
+    assert node.storage.uploads == [FILE]
+    node.assert_work_dir_empty()
+
+
+async def test_forward_message_id_is_the_same_for_two_runs_of_the_same_task(
+    tmp_path: Path,
+) -> None:
+    first = make_node(tmp_path)
+    second = make_node(tmp_path)
+    failing = make_node(tmp_path)
+    other = make_node(tmp_path)
+
+    await first.run(encode(task("pass")))
+    await second.run(encode(task("pass")), redelivered=True)
+    await failing.run(encode(task("fail")))
+    await other.run(encode(task("pass", taskId="sub-2032")))
+
+    [one], [two] = first.forwards(), second.forwards()
+    [failed], [another] = failing.forwards(), other.forwards()
+    assert one.message_id == two.message_id
+    assert failed.message_id != one.message_id
+    assert another.message_id != one.message_id
+    assert another.correlation_id == "sub-2032"
+    first.assert_work_dir_empty()
+
+
+async def test_tasks_with_the_same_file_path_get_separate_directories(tmp_path: Path) -> None:
+    executor = FileWritingExecutor("result.txt")
+    node = make_node(tmp_path, only(executor))
+
+    body = encode(task("pass"))  # the same task twice, as after a redelivery
+
+    first, second = await asyncio.gather(node.run(body), node.run(body, redelivered=True))
+
+    assert first.acked
+    assert second.acked
+    assert len(set(executor.workdirs)) == 2
+    assert executor.listings == [["data", "data/in.txt", "main.py"]] * 2
+    node.assert_work_dir_empty()
+
+
+# --- executor FAIL -----------------------------------------------------------------------
+
+
+async def test_fail_uploads_forwards_failure_branch_then_acks(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    delivery = await node.run(encode(task("fail")), priority=3)
+
+    assert delivery.acked
+    assert node.crashes() == []
+    assert node.events() == [*HAPPY_EVENTS, "forwarded", "acked"]
+    [finished] = [n for n in node.logs() if n["event"] == "execution_finished"]
+    assert finished["outcome"] == "fail"
+    [forward] = node.forwards()
+    assert (forward.exchange, forward.routing_key) == FAILURE_ROUTE
+    assert forward.body["routingTree"] == FAILURE
+    assert forward.body["course"] == {"code": "CS101", "term": "2024S"}
+    assert forward.priority == 3
+    assert forward.correlation_id == TASK_ID
+    assert f"output_{EXCHANGE}_fail.txt" in zip_names(node.storage.files[FILE])
+    assert node.journal.index("ack") > node.journal.index("publish results/lab.failed")
+    node.assert_work_dir_empty()
+
+
+async def test_fail_without_failure_branch_completes_and_acks(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    message = task("fail")
+    message["routingTree"]["failureRoutingDecision"] = None
+
+    delivery = await node.run(encode(message))
+
+    assert delivery.acked
+    assert node.forwards() == []
+    assert node.events() == [*HAPPY_EVENTS, "completed", "acked"]
+    assert node.storage.uploads == [FILE]
+    node.assert_work_dir_empty()
+
+
+# --- executor crashed, no executor, no routing tree -------------------------------------
+
+
+async def test_crashing_executor_rejects_without_upload(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    delivery = await node.run(encode(task("crash")))
+
+    assert_rejected(node, delivery)
+    assert_crash(node, "execution", stage="crash")
+    assert node.events() == [
+        "received",
+        "downloaded",
+        "execution_started",
+        "crashed",
+        "rejected",
+    ]
+    node.assert_nothing_uploaded()
+
+
+async def test_executor_raising_a_foreign_exception_is_an_execution_crash(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, only(RaisingExecutor()))
+
+    delivery = await node.run(encode(task("pass")))
+
+    assert_rejected(node, delivery)
+    notice = assert_crash(node, "execution")
+    assert "executor bug" in notice["error"]["detail"]
+    node.assert_nothing_uploaded()
+
+
+async def test_no_matching_executor_is_a_no_executor_crash(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    delivery = await node.run(encode(task("unknown-stage")))
+
+    assert_rejected(node, delivery)
+    notice = assert_crash(node, "no_executor", stage="unknown-stage")
+    assert "unknown-stage" in notice["error"]["detail"]
+    assert node.events() == ["received", "crashed", "rejected"]
+    assert node.storage.downloads == []
+    node.assert_nothing_uploaded()
+
+
+@pytest.mark.parametrize("tree", ["absent", "null"])
+async def test_no_routing_tree_is_a_no_routing_crash(tmp_path: Path, tree: str) -> None:
+    node = make_node(tmp_path)
+    message = task()
+    if tree == "absent":
+        del message["routingTree"]
+    else:
+        message["routingTree"] = None
+
+    delivery = await node.run(encode(message))
+
+    assert_rejected(node, delivery)
+    assert_crash(node, "no_routing", stage=None)
+    assert node.events() == ["received", "crashed", "rejected"]
+    assert node.storage.downloads == []
+
+
+@pytest.mark.parametrize("stage", ["crash", "unknown-stage"])
+async def test_requeue_on_reject_requeues_crashes(tmp_path: Path, stage: str) -> None:
+    node = make_node(tmp_path, requeue_on_reject=True)
+
+    delivery = await node.run(encode(task(stage)))
+
+    assert_rejected(node, delivery, requeue=True)
+
+
+# --- execution timed out -----------------------------------------------------------------
+
+
+async def test_timeout_crashes_cancels_the_executor_and_uploads_nothing(tmp_path: Path) -> None:
+    executor = SleepingExecutor()
+    node = make_node(tmp_path, only(executor))
+
+    delivery = await node.run(encode(task("pass", timeout=0.05)))
+
+    assert executor.started.is_set()
+    assert executor.cancelled
+    assert_rejected(node, delivery)
+    notice = assert_crash(node, "timeout")
+    assert "timed out" in notice["error"]["detail"]
+    assert "timed out" in notice["logMessage"]
+    assert node.events() == [
+        "received",
+        "downloaded",
+        "execution_started",
+        "crashed",
+        "rejected",
+    ]
+    node.assert_nothing_uploaded()
+
+
+async def test_timeout_zero_times_out_at_once(tmp_path: Path) -> None:
+    executor = BuiltinExecutor("skip", Behaviour.PASS)  # would pass instantly
+    node = make_node(tmp_path, only(executor))
+
+    delivery = await node.run(encode(task("pass", timeout=0)))
+
+    assert_rejected(node, delivery)
+    assert_crash(node, "timeout")
+    node.assert_nothing_uploaded()
+
+
+async def test_timeout_with_on_timeout_fail_counts_as_fail(tmp_path: Path) -> None:
+    executor = SleepingExecutor(on_timeout=TimeoutPolicy.FAIL)
+    node = make_node(tmp_path, only(executor))
+
+    delivery = await node.run(encode(task("pass", timeout=0.05)))
+
+    assert executor.cancelled
+    assert delivery.acked
+    assert node.crashes() == []
+    [forward] = node.forwards()
+    assert (forward.exchange, forward.routing_key) == FAILURE_ROUTE
+    assert node.storage.uploads == [FILE]
+    output = zip_names(node.storage.files[FILE])[f"output_{EXCHANGE}_pass.txt"]
+    assert b"timed out" in output
+    [finished] = [n for n in node.logs() if n["event"] == "execution_finished"]
+    assert finished["outcome"] == "fail"
+    node.assert_work_dir_empty()
+
+
+# --- download failed ---------------------------------------------------------------------
+
+
+async def test_missing_file_is_a_download_crash(tmp_path: Path) -> None:
+    node = make_node(tmp_path, files={})
+
+    delivery = await node.run(encode(task("pass")))
+
+    assert_rejected(node, delivery)
+    notice = assert_crash(node, "download")
+    assert FILE in notice["error"]["detail"]
+    assert node.events() == ["received", "crashed", "rejected"]
+    assert node.storage.uploads == []
+
+
+# --- archive not a zip or unsafe ---------------------------------------------------------
+
+
+def _symlink_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        link = zipfile.ZipInfo("link")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("archive", "limits"),
+    [
+        pytest.param(b"this is not a zip", ArchiveLimits(), id="not-a-zip"),
+        pytest.param(zip_bytes({"../evil.txt": "x"}), ArchiveLimits(), id="path-escape"),
+        pytest.param(_symlink_zip(), ArchiveLimits(), id="symlink"),
+        pytest.param(SUBMISSION, ArchiveLimits(max_entries=2), id="too-many-entries"),
+        pytest.param(SUBMISSION, ArchiveLimits(max_total_bytes=5), id="too-big"),
+    ],
+)
+async def test_unsafe_archive_is_an_archive_crash(
+    tmp_path: Path, archive: bytes, limits: ArchiveLimits
+) -> None:
+    node = make_node(tmp_path, files={FILE: archive}, limits=limits)
+
+    delivery = await node.run(encode(task("pass")))
+
+    assert_rejected(node, delivery)
+    assert_crash(node, "archive")
+    assert node.events() == ["received", "crashed", "rejected"]
+    assert node.storage.uploads == []
+    assert node.storage.files[FILE] == archive
+
+
+# --- upload failed -----------------------------------------------------------------------
+
+
+async def test_failed_upload_is_an_upload_crash(tmp_path: Path) -> None:
+    node = make_node(tmp_path, fail_uploads=True)
+
+    delivery = await node.run(encode(task("pass")))
+
+    assert_rejected(node, delivery)
+    notice = assert_crash(node, "upload")
+    assert FILE in notice["error"]["detail"]
+    assert node.events() == [
+        "received",
+        "downloaded",
+        "execution_started",
+        "execution_finished",
+        "crashed",
+        "rejected",
+    ]
+    assert node.storage.files[FILE] == SUBMISSION
+
+
+# --- next stage cannot be delivered ------------------------------------------------------
+
+
+@pytest.mark.parametrize("requeue_on_reject", [False, True])
+async def test_failed_forward_is_a_forward_crash_and_never_acked(
+    tmp_path: Path, requeue_on_reject: bool
+) -> None:
+    node = make_node(tmp_path, failing={SUCCESS_ROUTE}, requeue_on_reject=requeue_on_reject)
+
+    delivery = await node.run(encode(task("pass")))
+
+    assert delivery.settle_attempts == 1
+    assert_rejected(node, delivery, requeue=requeue_on_reject)
+    notice = assert_crash(node, "forward")
+    assert EXCHANGE in notice["error"]["detail"]
+    assert "lab.next" in notice["error"]["detail"]
+    assert [(e.exchange, e.routing_key) for e in node.publisher.refused] == [SUCCESS_ROUTE]
+    assert node.storage.uploads == [FILE]  # already done
+    assert node.events() == [*HAPPY_EVENTS, "crashed", "rejected"]
+
+
+# --- malformed message -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requeue_on_reject", [False, True])
+async def test_body_that_is_not_json_is_rejected_as_poison(
+    tmp_path: Path, requeue_on_reject: bool
+) -> None:
+    node = make_node(tmp_path, requeue_on_reject=requeue_on_reject)
+    body = b'{"taskId": "sub-2031", oops'
+
+    delivery = await node.run(body)
+
+    assert_rejected(node, delivery, requeue=False)
+    notice = assert_crash(node, "malformed", stage=None)
+    assert notice["rawBody"] == body.decode()
+    assert notice["rawBodyTruncated"] is False
+    assert node.events() == ["crashed", "rejected"]
+    assert node.storage.downloads == []
+
+
+@pytest.mark.parametrize("requeue_on_reject", [False, True])
+async def test_task_breaking_the_format_is_rejected_as_poison_with_errors(
+    tmp_path: Path, requeue_on_reject: bool
+) -> None:
+    node = make_node(tmp_path, requeue_on_reject=requeue_on_reject)
+    body = encode(task("pass", timeout="ten", filePath="relative.zip"))
+
+    delivery = await node.run(body)
+
+    assert_rejected(node, delivery, requeue=False)
+    notice = assert_crash(node, "malformed", stage=None)
+    assert notice["rawBody"] == body.decode()
+    paths = {error["path"] for error in notice["error"]["errors"]}
+    assert paths == {"$.timeout", "$.filePath"}
+    # the object as received, unknown fields too, so consumers can match the task
+    assert notice["taskId"] == TASK_ID
+    assert notice["course"] == {"code": "CS101", "term": "2024S"}
+    assert notice["timeout"] == "ten"
+    assert node.storage.downloads == []
+
+
+async def test_deeply_nested_body_is_rejected_as_poison(tmp_path: Path) -> None:
+    node = make_node(tmp_path, requeue_on_reject=True)
+
+    with capture_logs():
+        delivery = await node.run(b"[" * 100_000)
+
+    assert_rejected(node, delivery, requeue=False)
+    notice = assert_crash(node, "malformed", stage=None)
+    assert notice["rawBodyTruncated"] is True
+
+
+async def test_huge_malformed_body_is_truncated_in_the_notice(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    body = b"x" * 10_000
+
+    delivery = await node.run(body)
+
+    assert delivery.rejected
+    [notice] = node.crashes()
+    assert notice["rawBody"] == "x" * 4096
+    assert notice["rawBodyTruncated"] is True
+    node.assert_work_dir_empty()
+
+
+async def test_long_stage_names_still_get_an_output_file(tmp_path: Path) -> None:
+    node = make_node(tmp_path, only(BuiltinExecutor("pass", Behaviour.PASS)))
+    message = task("k" * 250)
+
+    with capture_logs():
+        delivery = await node.run(encode(message))
+
+    assert delivery.acked
+    assert node.crashes() == []
+    names = zip_names(node.storage.files[FILE])
+    assert [n for n in names if n.startswith("output_") and n.endswith(".txt")]
+
+
+# --- settling and cancellation -----------------------------------------------------------
+
+
+async def test_settle_failed_on_ack_does_not_raise(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    with capture_logs() as logged:
+        delivery = await node.run(encode(task("pass")), settle_fails=True)
+
+    assert delivery.settle_attempts == 1
+    assert not delivery.settled
+    assert [e.routing_key for e in node.forwards()] == ["lab.next"]
+    assert "acked" not in node.events()
+    assert any(entry["event"] == "settle_failed" for entry in logged)
+    node.assert_work_dir_empty()
+
+
+async def test_settle_failed_on_reject_does_not_raise(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    with capture_logs():
+        delivery = await node.run(encode(task("crash")), settle_fails=True)
+
+    assert delivery.settle_attempts == 1
+    assert "rejected" not in node.events()
+    assert_crash(node, "execution", stage="crash")
+    node.assert_work_dir_empty()
+
+
+@pytest.mark.parametrize("requeue_on_reject", [False, True])
+async def test_cancelled_process_returns_the_delivery_and_reraises(
+    tmp_path: Path, requeue_on_reject: bool
+) -> None:
+    executor = SleepingExecutor()
+    node = make_node(tmp_path, only(executor), requeue_on_reject=requeue_on_reject)
+    delivery = FakeDelivery(encode(task("pass")), journal=node.journal)
+
+    running = asyncio.create_task(process(delivery, node.deps))
+    await asyncio.wait_for(executor.started.wait(), timeout=5)
+    assert executor.workdir is not None
+    assert executor.workdir.is_dir()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    assert executor.cancelled
+    assert delivery.rejected
+    assert delivery.requeue is True
+    assert not delivery.acked
+    assert node.crashes() == []
+    assert node.forwards() == []
+    assert node.events()[-1] == "rejected"
+    assert node.logs()[-1]["requeued"] is True
+    node.assert_nothing_uploaded()
+    node.assert_work_dir_empty()
+
+
+async def test_cancelled_process_with_a_dead_channel_still_reraises_cancellation(
+    tmp_path: Path,
+) -> None:
+    executor = SleepingExecutor()
+    node = make_node(tmp_path, only(executor))
+    delivery = FakeDelivery(encode(task("pass")), settle_fails=True)
+
+    running = asyncio.create_task(process(delivery, node.deps))
+    await asyncio.wait_for(executor.started.wait(), timeout=5)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    assert delivery.settle_attempts == 1
+    assert executor.cancelled
+    node.assert_work_dir_empty()
+
+
+async def test_refused_notices_do_not_stop_the_task_and_are_logged(tmp_path: Path) -> None:
+    node = make_node(tmp_path, failing={LOGS})
+
+    with capture_logs() as logged:
+        delivery = await node.run(encode(task("pass")))
+
+    assert delivery.acked
+    assert [e.routing_key for e in node.forwards()] == ["lab.next"]
+    lost = [entry["event_name"] for entry in logged if entry["event"] == "notice_not_delivered"]
+    assert lost == [*HAPPY_EVENTS, "forwarded", "acked"]
+    node.assert_work_dir_empty()
+
+
+async def test_redelivered_task_says_so_in_its_received_notice(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+
+    await node.run(encode(task("pass")), redelivered=True)
+
+    [received] = [n for n in node.logs() if n["event"] == "received"]
+    assert "redelivered" in received["logMessage"]
+    assert received["taskId"] == TASK_ID
+    assert received["stage"] == {"exchange": EXCHANGE, "routingKey": "pass"}
