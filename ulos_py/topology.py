@@ -7,31 +7,27 @@ once from a file an operator can read and review.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from ulos_py.errors import ConfigError
+from ulos_py.tomlfile import StrictFile, load_toml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExchangeSpec(_Strict):
+class ExchangeSpec(StrictFile):
     name: Annotated[str, Field(min_length=1)]
     type: Literal["direct", "topic", "fanout", "headers"] = "direct"
     durable: bool = True
 
 
-class BindingSpec(_Strict):
+class BindingSpec(StrictFile):
     exchange: Annotated[str, Field(min_length=1)]
     routing_key: str
 
 
-class QueueSpec(_Strict):
+class QueueSpec(StrictFile):
     name: Annotated[str, Field(min_length=1)]
     durable: bool = True
     type: Literal["classic", "quorum"] = "classic"
@@ -39,7 +35,7 @@ class QueueSpec(_Strict):
     max_length: Annotated[int, Field(ge=0)] | None = None
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
-    bind: list[BindingSpec] = []
+    bind: tuple[BindingSpec, ...] = ()
 
     def arguments(self) -> dict[str, str | int]:
         """The x-arguments RabbitMQ takes for these options."""
@@ -57,23 +53,14 @@ class QueueSpec(_Strict):
         return args
 
 
-class Topology(_Strict):
-    exchange: list[ExchangeSpec] = []
-    queue: list[QueueSpec] = []
+class Topology(StrictFile):
+    exchange: tuple[ExchangeSpec, ...] = ()
+    queue: tuple[QueueSpec, ...] = ()
 
 
 def load_topology(path: Path) -> Topology:
     """Read and check a topology file; a problem becomes one ConfigError line."""
-    try:
-        topology = Topology.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
-    except OSError as exc:
-        raise ConfigError(f"cannot read topology {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"topology {path} is not valid TOML: {exc}") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"topology {path}: {where}: {first['msg']}") from exc
+    topology = load_toml(path, Topology, "topology")
     declared = {exchange.name for exchange in topology.exchange}
     for queue in topology.queue:
         for binding in queue.bind:

@@ -6,36 +6,32 @@ Routes are tried in order and the first matching pattern (exact name or shell gl
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from ulos_py.errors import ConfigError
 from ulos_py.execution.builtin import Behaviour, BuiltinExecutor
 from ulos_py.ports import Executor, TimeoutPolicy
+from ulos_py.tomlfile import StrictFile, load_toml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BuiltinSpec(_Strict):
+class BuiltinSpec(StrictFile):
     kind: Literal["builtin"]
     behaviour: Behaviour
     delay_seconds: Annotated[float, Field(ge=0)] = 0.0
     on_timeout: TimeoutPolicy = TimeoutPolicy.CRASH
 
 
-class RouteSpec(_Strict):
+class RouteSpec(StrictFile):
     stage: Annotated[str, Field(min_length=1)]
     executor: str
 
 
-class RegistryFile(_Strict):
+class RegistryFile(StrictFile):
     route: list[RouteSpec]
     executor: dict[str, BuiltinSpec]
 
@@ -59,17 +55,7 @@ def _build(name: str, spec: BuiltinSpec) -> Executor:
 
 def load_registry(path: Path) -> Registry:
     """Read and check a registry file; every problem becomes one ConfigError line."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        spec = RegistryFile.model_validate(raw)
-    except OSError as exc:
-        raise ConfigError(f"cannot read executor registry {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"executor registry {path} is not valid TOML: {exc}") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"executor registry {path}: {where}: {first['msg']}") from exc
+    spec = load_toml(path, RegistryFile, "executor registry")
     executors = {name: _build(name, s) for name, s in spec.executor.items()}
     routes = []
     for route in spec.route:
