@@ -28,6 +28,31 @@ def env_for(names: Names, broker: Broker, ftp: FtpServer, tmp_path: Path, **extr
     return settings_env(node_values(names, broker, ftp, tmp_path / "work", **extra))
 
 
+def close_connection_named(name: str) -> int:
+    """Close only the broker connections with this client-given name (others share the
+    broker: closing every connection would break them)."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    closed = 0
+    for line in listed.stdout.splitlines():
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in properties:
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "test: connection loss"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            closed += 1
+    return closed
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ulos_py", *args],
@@ -120,14 +145,8 @@ async def test_node_survives_broker_connection_loss(
     )
     await line.publish(task("t-before", path, tree))
     assert (await line.next_json("next", timeout=30))["taskId"] == "t-before"
-    closed = await asyncio.to_thread(
-        subprocess.run,
-        ["rabbitmqctl", "close_all_connections", "test: simulated connection loss"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert closed.returncode == 0, closed.stderr
+    closed = await asyncio.to_thread(close_connection_named, f"ulos-py node {names.prefix}-rc")
+    assert closed == 1
     await asyncio.sleep(4)  # the node reconnects with back-off (2 s interval)
     await line.publish(task("t-after", path, tree))
     assert (await line.next_json("next", timeout=30))["taskId"] == "t-after"
