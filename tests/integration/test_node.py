@@ -247,14 +247,20 @@ async def test_prefetch_bounds_tasks_running_at_once(
     ftp_server.put(f"/{names.prefix}/c.zip", make_zip(SUBMISSION))
     settings = node_settings(names, broker, ftp_server, work_dir, MESSAGE_BROKER_PREFETCH_COUNT=3)
     async with running_node(settings):
-        for n in range(7):
-            await line.publish(task(f"t-{n}", f"/{names.prefix}/c.zip", branches(names, "pass")))
-        running, peak = 0, 0
-        for _ in range(14):
-            notice = await _next_execution_event(line)
-            running += 1 if notice == "execution_started" else -1
-            peak = max(peak, running)
+        peak = await _peak_running(line, names, tasks=7)
     assert peak == 3
+
+
+async def _peak_running(line: Pipeline, names: Names, tasks: int) -> int:
+    """Publish `tasks` slow tasks; the most that ran at once, from the notices."""
+    for n in range(tasks):
+        await line.publish(task(f"t-{n}", f"/{names.prefix}/c.zip", branches(names, "pass")))
+    running, peak = 0, 0
+    for _ in range(2 * tasks):
+        notice = await _next_execution_event(line)
+        running += 1 if notice == "execution_started" else -1
+        peak = max(peak, running)
+    return peak
 
 
 async def _next_execution_event(line: Pipeline) -> str:
@@ -321,13 +327,7 @@ async def test_prefetch_zero_uses_own_cap(
         ULOS_MAX_IN_FLIGHT=2,
     )
     async with running_node(settings):
-        for n in range(5):
-            await line.publish(task(f"t-{n}", f"/{names.prefix}/c.zip", branches(names, "pass")))
-        running, peak = 0, 0
-        for _ in range(10):
-            notice = await _next_execution_event(line)
-            running += 1 if notice == "execution_started" else -1
-            peak = max(peak, running)
+        peak = await _peak_running(line, names, tasks=5)
     assert peak == 2
 
 
