@@ -72,3 +72,35 @@ ensure_rabbitmq() {
     done
     die "RabbitMQ did not start within 90 s (see /var/log/rabbitmq)"
 }
+
+docker_answers() { docker info >/dev/null 2>&1; }
+
+ensure_docker() {
+    # DOCKER_HOST may name an engine elsewhere: then it must answer, nothing is started here.
+    if docker_answers; then return; fi
+    [ -z "${DOCKER_HOST:-}" ] || die "the Docker engine at DOCKER_HOST=$DOCKER_HOST does not answer"
+    command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+    if docker_answers; then return; fi
+    say "starting the Docker engine (dockerd, log in $RUN_DIR/dockerd.log)"
+    mkdir -p "$RUN_DIR"
+    # No systemd on every machine: start the daemon directly, detached from this shell.
+    as_root setsid dockerd >"$RUN_DIR/dockerd.log" 2>&1 < /dev/null &
+    for _ in $(seq 1 30); do
+        docker_answers && return
+        sleep 1
+    done
+    die "the Docker engine did not start within 30 s (see $RUN_DIR/dockerd.log)"
+}
+
+ensure_debootstrap() {
+    # Executor images need a base; with no registry, `executors build` makes one with it.
+    command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+}
+
+build_executor_images() {
+    ensure_debootstrap
+    mkdir -p "$RUN_DIR"
+    say "building executor images (ulos-py executors build)"
+    "$VENV/bin/ulos-py" executors build --registry "$ROOT/executors/registry.toml" >"$RUN_DIR/build.log" 2>&1 \
+        || { tail -n 20 "$RUN_DIR/build.log" >&2; die "building the executor images failed (full log: $RUN_DIR/build.log)"; }
+}

@@ -15,6 +15,8 @@
         ├── DownloadFailed
         ├── UnsafeArchive        not a zip, or escapes, links, or over the limits
         ├── ExecutionCrashed
+        │   ├── EngineUnavailable the Docker engine does not answer
+        │   └── ImageMissing      the executor's image is not on the engine
         ├── ExecutionTimedOut
         ├── UploadFailed
         └── ForwardFailed        the next stage could not be delivered
@@ -125,6 +127,14 @@ class UnsafeArchive(TaskCrash):
 
 class ExecutionCrashed(TaskCrash):
     kind = CrashKind.EXECUTION
+
+
+class EngineUnavailable(ExecutionCrashed):
+    """The Docker engine did not answer; the node goes on and tries again with the next task."""
+
+
+class ImageMissing(ExecutionCrashed):
+    """The executor's image is not on the engine: `ulos-py executors build` makes it."""
 
 
 class ExecutionTimedOut(TaskCrash):

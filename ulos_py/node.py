@@ -15,9 +15,12 @@ import signal
 import structlog
 
 from ulos_py.adapters import rabbitmq
+from ulos_py.adapters.docker_engine import DockerEngine
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import ConfigError
+from ulos_py.execution.docker import DockerExecutor
+from ulos_py.execution.docker_spec import DockerExecutorSpec
 from ulos_py.execution.registry import load_registry
 from ulos_py.lifecycle import Deps, process
 from ulos_py.ports import Delivery
@@ -66,7 +69,22 @@ class TaskPool:
 
 async def run_node(settings: Settings, stop: asyncio.Event) -> None:
     """Consume until `stop` is set, then shut down within the grace period."""
-    registry = load_registry(settings.executors_file)
+    limits = ArchiveLimits(settings.archive_max_entries, settings.archive_max_bytes)
+    # Threads are made on first use: a node with built-in executors only never starts one.
+    engine = DockerEngine(threads=settings.concurrency + 4)
+    try:
+        await _serve(settings, stop, engine, limits)
+    finally:
+        engine.close()
+
+
+async def _serve(
+    settings: Settings, stop: asyncio.Event, engine: DockerEngine, limits: ArchiveLimits
+) -> None:
+    def docker_executor(spec: DockerExecutorSpec) -> DockerExecutor:
+        return DockerExecutor(spec, engine, settings.node_id, limits)
+
+    registry = load_registry(settings.executors_file, docker_executor)
     connection = await rabbitmq.connect_when_up(
         rabbitmq.BrokerAddress.of(settings, f"ulos-py node {settings.node_id}"), stop
     )
@@ -100,7 +118,7 @@ async def run_node(settings: Settings, stop: asyncio.Event) -> None:
                 settings.crash_routing_key,
             ),
             work_dir=settings.work_dir,
-            limits=ArchiveLimits(settings.archive_max_entries, settings.archive_max_bytes),
+            limits=limits,
             requeue_on_reject=settings.requeue_on_reject,
         )
         pool = TaskPool(settings.concurrency, deps)

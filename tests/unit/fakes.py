@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import io
+import tarfile
+import tempfile
 import zipfile
 from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ulos_py.errors import PublishError, SettleFailed, StorageRefused, StorageUnavailable
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import Envelope, ExecutionResult, TimeoutPolicy
+from ulos_py.ports import (
+    ContainerExit,
+    ContainerSpec,
+    Envelope,
+    ExecutionResult,
+    TimeoutPolicy,
+)
 
 Route = tuple[str, str]
 
@@ -204,3 +216,63 @@ def zip_names(data: bytes) -> dict[str, bytes]:
     """The entries of a zip held in memory, name → content."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         return {info.filename: zf.read(info) for info in zf.infolist()}
+
+
+Program = Callable[[Path], Awaitable[int]]
+"""What a fake container does in its mount directory; returns the exit status."""
+
+
+class FakeEngine:
+    """A container engine in a temp folder: the archive API is real tar, the run is `program`.
+
+    Counts containers created and removed, so tests see that none outlives its task.
+    """
+
+    def __init__(self, program: Program, output: str = "container says hi\n") -> None:
+        self.program = program
+        self.output = output
+        self.specs: list[ContainerSpec] = []
+        self.created = 0
+        self.removed = 0
+
+    @property
+    def live(self) -> int:
+        return self.created - self.removed
+
+    @asynccontextmanager
+    async def container(self, spec: ContainerSpec) -> AsyncIterator[FakeContainer]:
+        self.specs.append(spec)
+        self.created += 1
+        with tempfile.TemporaryDirectory() as root:
+            try:
+                yield FakeContainer(self, Path(root), spec)
+            finally:
+                self.removed += 1
+
+
+@dataclass
+class FakeContainer:
+    engine: FakeEngine
+    root: Path
+    spec: ContainerSpec
+    status: int | None = None
+
+    async def copy_in(self, directory: str, tar: BinaryIO) -> None:
+        with tarfile.open(fileobj=tar) as archive:
+            archive.extractall(self.root / directory.lstrip("/"), filter="tar")
+
+    async def start(self) -> None:
+        pass
+
+    async def wait(self) -> ContainerExit:
+        self.status = await self.engine.program(self.root / self.spec.working_dir.lstrip("/"))
+        return ContainerExit(self.status, oom_killed=False)
+
+    async def output(self) -> str:
+        return self.engine.output
+
+    async def copy_out(self, path: str, into: BinaryIO, max_bytes: int) -> None:
+        source = self.root / path.lstrip("/")
+        with tarfile.open(fileobj=into, mode="w") as archive:
+            archive.add(source, arcname=source.name)
+        into.seek(0)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.fakes import FakeEngine
 from ulos_py.errors import (
     ConfigError,
     DownloadFailed,
@@ -26,6 +27,8 @@ from ulos_py.errors import (
     UploadFailed,
 )
 from ulos_py.execution.builtin import Behaviour, BuiltinExecutor
+from ulos_py.execution.docker import DockerExecutor
+from ulos_py.execution.docker_spec import DockerExecutorSpec
 from ulos_py.execution.registry import Registry, load_registry
 from ulos_py.models import Outcome, RoutingNode, Task, parse_task
 from ulos_py.notices import RAW_BODY_LIMIT, Event, NoticeContext, crash_notice, log_notice
@@ -702,9 +705,17 @@ def test_missing_env_file_is_a_config_error(clean_env: pytest.MonkeyPatch, tmp_p
 # --- executor registry -------------------------------------------------------------------
 
 
+async def _never_runs(task_dir: Path) -> int:
+    raise AssertionError("registry tests do not run containers")
+
+
+def docker_executor(spec: DockerExecutorSpec) -> DockerExecutor:
+    return DockerExecutor(spec, FakeEngine(_never_runs), "node-1")
+
+
 @pytest.fixture(scope="module")
 def shipped() -> Registry:
-    return load_registry(SHIPPED_REGISTRY)
+    return load_registry(SHIPPED_REGISTRY, docker_executor)
 
 
 def builtin(registry: Registry, routing_key: str) -> BuiltinExecutor:
@@ -795,7 +806,7 @@ VALID_ROUTE = '[[route]]\nstage = "p"\nexecutor = "p"\n'
 def test_registry_with_on_timeout_fail(tmp_path: Path) -> None:
     path = write(tmp_path, VALID_ROUTE + VALID_EXECUTOR + 'on_timeout = "fail"\n')
 
-    executor = builtin(load_registry(path), "p")
+    executor = builtin(load_registry(path, docker_executor), "p")
 
     assert executor.on_timeout is TimeoutPolicy.FAIL
 
@@ -835,7 +846,7 @@ def test_broken_registry_is_a_config_error(tmp_path: Path, text: str, hint: str)
     path = write(tmp_path, text)
 
     with pytest.raises(ConfigError) as caught:
-        load_registry(path)
+        load_registry(path, docker_executor)
 
     assert str(path) in str(caught.value)
     assert hint in str(caught.value)
@@ -843,4 +854,4 @@ def test_broken_registry_is_a_config_error(tmp_path: Path, text: str, hint: str)
 
 def test_missing_registry_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
-        load_registry(tmp_path / "absent.toml")
+        load_registry(tmp_path / "absent.toml", docker_executor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ulos_py import __version__
+from ulos_py.cli.executors import executors
 from ulos_py.cli.node import node
 from ulos_py.cli.publish import publish
 from ulos_py.cli.storage import storage
@@ -18,6 +19,7 @@ def cli() -> None:
     """ulos-py: processing nodes for multistage lab workflows over RabbitMQ and FTP."""
 
 
+cli.add_command(executors)
 cli.add_command(node)
 cli.add_command(publish)
 cli.add_command(storage)

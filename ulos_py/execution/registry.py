@@ -2,10 +2,13 @@
 
 Executors are data, not code: adding a stage type means editing the file, not the node.
 Routes are tried in order and the first matching pattern (exact name or shell glob) wins.
+A `docker` executor names a folder beside the registry holding its Dockerfile, entry
+script and `executor.toml`; the node decides how to run it (`docker` factory).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -15,6 +18,7 @@ from pydantic import Field
 
 from ulos_py.errors import ConfigError
 from ulos_py.execution.builtin import Behaviour, BuiltinExecutor
+from ulos_py.execution.docker_spec import DockerExecutorSpec, load_docker_spec
 from ulos_py.ports import Executor, TimeoutPolicy
 from ulos_py.tomlfile import StrictFile, load_toml
 
@@ -26,6 +30,12 @@ class BuiltinSpec(StrictFile):
     on_timeout: TimeoutPolicy = TimeoutPolicy.CRASH
 
 
+class DockerRef(StrictFile):
+    kind: Literal["docker"]
+    folder: str | None = None
+    """Relative to the registry file; the executor's name by default."""
+
+
 class RouteSpec(StrictFile):
     stage: Annotated[str, Field(min_length=1)]
     executor: str
@@ -33,7 +43,7 @@ class RouteSpec(StrictFile):
 
 class RegistryFile(StrictFile):
     route: list[RouteSpec]
-    executor: dict[str, BuiltinSpec]
+    executor: dict[str, Annotated[BuiltinSpec | DockerRef, Field(discriminator="kind")]]
 
 
 @dataclass(frozen=True)
@@ -49,20 +59,50 @@ class Registry:
         return None
 
 
-def _build(name: str, spec: BuiltinSpec) -> Executor:
-    return BuiltinExecutor(name, spec.behaviour, spec.delay_seconds, spec.on_timeout)
+DockerFactory = Callable[[DockerExecutorSpec], Executor]
 
 
-def load_registry(path: Path) -> Registry:
+@dataclass(frozen=True)
+class RegistryPlan:
+    """The registry file read and checked, before any executor exists."""
+
+    path: Path
+    routes: tuple[tuple[str, str], ...]
+    executors: dict[str, BuiltinSpec | DockerExecutorSpec]
+
+    @property
+    def docker_specs(self) -> list[DockerExecutorSpec]:
+        return [s for s in self.executors.values() if isinstance(s, DockerExecutorSpec)]
+
+    def patterns_of(self, name: str) -> list[str]:
+        return [pattern for pattern, executor in self.routes if executor == name]
+
+
+def read_registry(path: Path) -> RegistryPlan:
     """Read and check a registry file; every problem becomes one ConfigError line."""
     spec = load_toml(path, RegistryFile, "executor registry")
-    executors = {name: _build(name, s) for name, s in spec.executor.items()}
-    routes = []
+    executors: dict[str, BuiltinSpec | DockerExecutorSpec] = {}
+    for name, entry in spec.executor.items():
+        if isinstance(entry, DockerRef):
+            executors[name] = load_docker_spec(name, path.parent / (entry.folder or name))
+        else:
+            executors[name] = entry
     for route in spec.route:
         if route.executor not in executors:
             raise ConfigError(
                 f"executor registry {path}: route {route.stage!r} names unknown executor "
                 f"{route.executor!r}"
             )
-        routes.append((route.stage, executors[route.executor]))
-    return Registry(tuple(routes))
+    return RegistryPlan(path, tuple((r.stage, r.executor) for r in spec.route), executors)
+
+
+def load_registry(path: Path, docker: DockerFactory) -> Registry:
+    """The registry's executors, docker ones made by `docker`, in route order."""
+    plan = read_registry(path)
+    made: dict[str, Executor] = {}
+    for name, spec in plan.executors.items():
+        if isinstance(spec, DockerExecutorSpec):
+            made[name] = docker(spec)
+        else:
+            made[name] = BuiltinExecutor(name, spec.behaviour, spec.delay_seconds, spec.on_timeout)
+    return Registry(tuple((pattern, made[name]) for pattern, name in plan.routes))
