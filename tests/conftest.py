@@ -1,13 +1,14 @@
 """Real services for the integration and end-to-end tests.
 
-RabbitMQ is started by the test command (scripts/test) before pytest runs; an FTP server
-(pyftpdlib, a server this project does not implement) is started here on loopback. A
-service that does not answer FAILS the run with a clear message: a skipped integration
-test proves nothing.
+RabbitMQ and the Docker engine are started by the test command (scripts/test) before pytest
+runs, which also builds the shipped executor images; an FTP server (pyftpdlib, a server
+this project does not implement) is started here on loopback. A service that does not
+answer FAILS the run with a clear message: a skipped integration test proves nothing.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import aio_pika
+import docker
 import pytest
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
@@ -27,6 +29,9 @@ BROKER_HOST = os.environ.get("ULOS_TEST_BROKER_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("ULOS_TEST_BROKER_PORT", "5672"))
 BROKER_USER = os.environ.get("ULOS_TEST_BROKER_USERNAME", "guest")
 BROKER_PASSWORD = os.environ.get("ULOS_TEST_BROKER_PASSWORD", "guest")
+ROOT = Path(__file__).resolve().parents[1]
+REGISTRY = ROOT / "executors" / "registry.toml"
+PROBE_EXECUTOR = ROOT / "tests" / "integration" / "docker_probe"
 FTP_USER = "lab"
 FTP_PASSWORD = "lab-secret"
 
@@ -162,3 +167,60 @@ async def amqp(broker: Broker) -> AsyncIterator[aio_pika.abc.AbstractRobustConne
         yield connection
     finally:
         await connection.close()
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The Docker engine the tests use, to look behind the node's back."""
+
+    client: docker.DockerClient
+
+    def containers_of(self, node_id: str) -> list[str]:
+        """Containers (running or not) a node created and has not removed."""
+        found = self.client.containers.list(all=True, filters={"label": f"ulos-py.node={node_id}"})
+        return [c.name for c in found]
+
+    @property
+    def bridge_gateway(self) -> str:
+        """The host as containers on the default bridge network see it."""
+        [config] = self.client.networks.get("bridge").attrs["IPAM"]["Config"]
+        # Docker leaves Gateway out when it picked the default: the subnet's first address.
+        return str(config.get("Gateway") or ipaddress.ip_network(config["Subnet"])[1])
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    client = docker.from_env()
+    try:
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        client.close()
+        pytest.fail(
+            f"The Docker engine does not answer ({exc}). Run the tests with scripts/test, "
+            "which installs and starts it.",
+            pytrace=False,
+        )
+    try:
+        yield Engine(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def executor_images(docker_engine: Engine) -> list[str]:
+    """The shipped executors' images and the test probe's, built by the product's own code.
+
+    scripts/test builds the shipped ones (and the base) first, so here the cache answers.
+    """
+    from ulos_py.adapters.docker_images import DockerImages
+    from ulos_py.execution.docker_spec import load_docker_spec
+    from ulos_py.execution.images import build_images, choose_base
+    from ulos_py.execution.registry import read_registry
+
+    specs = [*read_registry(REGISTRY).docker_specs, load_docker_spec("probe", PROBE_EXECUTOR)]
+    images = DockerImages()
+    try:
+        base = choose_base(images, None, print)
+        return build_images(images, specs, base, lambda line: None)
+    finally:
+        images.close()
