@@ -46,7 +46,12 @@ class BaseImageError(UlosError):
     """No base image could be found, pulled or built; the message says what to do."""
 
 
-def choose_base(store: ImageStore, requested: str | None, say: Say) -> str:
+BaseBuilder = Callable[["ImageStore", str, str, Say], None]
+
+
+def choose_base(
+    store: ImageStore, requested: str | None, say: Say, make_base: BaseBuilder | None = None
+) -> str:
     if requested:
         if store.exists(requested) or store.pull(requested) is None:
             return requested
@@ -63,7 +68,7 @@ def choose_base(store: ImageStore, requested: str | None, say: Say) -> str:
         return REGISTRY_BASE
     say(f"cannot pull {REGISTRY_BASE} ({reason})")
     say(f"no registry answers: building a local Debian base {LOCAL_BASE} with debootstrap")
-    build_local_base(store, LOCAL_BASE, debian_mirror(), say)
+    (make_base or build_local_base)(store, LOCAL_BASE, debian_mirror(), say)
     return LOCAL_BASE
 
 
