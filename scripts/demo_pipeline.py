@@ -1,10 +1,11 @@
 """The main job: a local pipeline of ulos-py nodes processing every sample message.
 
-Started by scripts/demo once RabbitMQ runs and the venv exists. It starts an FTP server
-(pyftpdlib) and one node per configuration in testing-configurations/, uploads the sample
-submission for each message, publishes every message in testing-messages/, shows each
-notice as it arrives, and ends with a table of each task's actual path against the
-expected one. Every process it started is stopped on the way out, also on Ctrl-C.
+Started by scripts/demo once RabbitMQ and the Docker engine run, the venv exists and the
+executor images are built. It starts an FTP server (pyftpdlib) and one node per
+configuration in testing-configurations/, zips and uploads each message's submission,
+publishes every message in testing-messages/, shows each notice as it arrives, and ends
+with a table of each task's actual path against the expected one. Every process it
+started is stopped on the way out, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -32,7 +33,18 @@ RUN = ROOT / ".run"
 ULOS = [sys.executable, "-m", "ulos_py"]
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 FTP_PORT = 2121
-ROLES = ["general", "testing-1", "testing-2", "testing-3", "testing-4", "testing-5"]
+ROLES = [
+    "general",
+    "testing-1",
+    "testing-2",
+    "testing-3",
+    "testing-4",
+    "testing-5",
+    "python-check",
+    "pytest-grader",
+    "gcode-check",
+]
+DEFAULT_SUBMISSION = "testing-messages/submissions/hello-world"
 WAIT_SECONDS = 90
 
 
@@ -40,6 +52,7 @@ WAIT_SECONDS = 90
 class Journey:
     expected_stages: list[str]
     expected_end: str
+    submission: str
     stages: list[str] = field(default_factory=list)
     end: str | None = None
 
@@ -168,7 +181,7 @@ def follow(notice: dict[str, Any], journeys: dict[str, Journey]) -> None:
     event = notice.get("event")
     if event in ("received", "acked", "rejected", "downloaded", "uploaded"):
         return  # shown in the node logs; keep the live view to what moves a task
-    print(f"  {task_id:<20} {stage:<16} {event:<18} {notice.get('logMessage', '')}")
+    print(f"  {task_id:<28} {stage:<16} {event:<18} {notice.get('logMessage', '')}")
     if journey is None:
         return
     if event == "execution_finished":
@@ -197,27 +210,28 @@ def publish_all(names: list[str]) -> None:
         )
 
 
-def upload_submissions(names: list[str]) -> None:
-    print("==> uploading the sample submission for each message")
-    submission = MESSAGES / "submissions" / "hello-world"
-    for name in names:
+def upload_submissions(journeys: dict[str, Journey]) -> None:
+    print("==> zipping and uploading each message's submission")
+    uploaded = 0
+    for name, journey in journeys.items():
         body = json.loads((MESSAGES / f"{name}.json").read_text())
         path = body.get("filePath")
         if name in ("missing-file", "bad-format") or not isinstance(path, str):
             continue
-        run("storage", "upload", str(submission), path, quiet=True)
-    print(f"  {len(names) - 2} submissions uploaded")
+        run("storage", "upload", str(ROOT / journey.submission), path, quiet=True)
+        uploaded += 1
+    print(f"  {uploaded} submissions uploaded")
 
 
 def report(journeys: dict[str, Journey]) -> bool:
     print()
-    print(f"{'message':<14} {'as expected':<12} path taken (stage:outcome > end)")
+    print(f"{'message':<24} {'as expected':<12} path taken (stage:outcome > end)")
     for name, j in journeys.items():
         actual = " > ".join([*j.stages, j.end or "(no end seen)"])
-        print(f"{name:<14} {'yes' if j.ok else 'NO':<12} {actual}")
+        print(f"{name:<24} {'yes' if j.ok else 'NO':<12} {actual}")
         if not j.ok:
             expected = " > ".join([*j.expected_stages, j.expected_end])
-            print(f"{'':<14} {'expected':<12} {expected}")
+            print(f"{'':<24} {'expected':<12} {expected}")
     bad = [name for name, j in journeys.items() if not j.ok]
     print()
     print(f"{len(journeys) - len(bad)} of {len(journeys)} tasks took their expected path")
@@ -226,14 +240,17 @@ def report(journeys: dict[str, Journey]) -> bool:
 
 async def main() -> int:
     expected = tomllib.loads((MESSAGES / "expected.toml").read_text())
-    journeys = {name: Journey(list(spec["stages"]), spec["end"]) for name, spec in expected.items()}
+    journeys = {
+        name: Journey(list(spec["stages"]), spec["end"], spec.get("submission", DEFAULT_SUBMISSION))
+        for name, spec in expected.items()
+    }
     children: list[subprocess.Popen[bytes]] = []
     try:
         start_processes(children)
         ready = asyncio.Event()
         watcher = asyncio.create_task(watch(journeys, ready))
         await ready.wait()
-        upload_submissions(list(journeys))
+        upload_submissions(journeys)
         publish_all(list(journeys))
         print("==> following the notices (task, stage, event, message)")
         await watcher

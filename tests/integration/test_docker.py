@@ -415,3 +415,57 @@ async def test_shutdown_mid_execution_removes_the_container_and_requeues(
     # probe_node checked on the way out that no container is left
 
     assert await line.depth() == 1  # back in the queue for another node
+
+
+EXECUTORS = PROBE_EXECUTOR.parents[2] / "executors"
+EXAMPLES = sorted(EXECUTORS.glob("*/examples/*/"))
+
+
+def zip_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                zf.write(file, file.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+async def test_every_shipped_example_decides_as_its_name_says(
+    line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, tmp_path: Path
+) -> None:
+    """executors/<name>/examples/pass-* must PASS through a node, fail-* must FAIL."""
+    assert len(EXAMPLES) >= 9, EXAMPLES
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    expected: dict[str, str] = {}
+    for example in EXAMPLES:
+        executor = example.parents[1].name
+        task_id = f"{executor}/{example.name}"
+        path = f"/{names.prefix}/{executor}-{example.name}.zip"
+        ftp_server.put(path, zip_folder(example))
+        tree = stage(
+            names.exchange,
+            executor,
+            success=stage(names.exchange, "next-key"),
+            failure=stage(names.exchange, "failed-key"),
+        )
+        await line.publish(task(task_id, path, tree, timeout=60))
+        expected[task_id] = "next" if example.name.startswith("pass-") else "failed"
+
+    settings = node_settings(names, broker, ftp_server, work_dir, MESSAGE_BROKER_PREFETCH_COUNT=2)
+    arrived: dict[str, str] = {}
+    async with running_node(settings):
+        for _ in expected:
+            done = await asyncio.wait_for(_first_arrival(line), 90)
+            arrived.update(done)
+
+    assert arrived == expected
+
+
+async def _first_arrival(line: Pipeline) -> dict[str, str]:
+    """The next task to reach the success or failure key, whichever comes first."""
+    while True:
+        for which in ("next", "failed"):
+            if not line.empty(which):
+                return {(await line.next_json(which))["taskId"]: which}
+        await asyncio.sleep(0.1)

@@ -753,7 +753,7 @@ def test_shipped_skip_has_no_delay_and_the_others_fit_a_10_s_timeout(shipped: Re
         assert 0 < builtin(shipped, key).delay_seconds < 10
 
 
-@pytest.mark.parametrize("routing_key", ["python-check", "Pass", "skip2", "testing", ""])
+@pytest.mark.parametrize("routing_key", ["python-check-2", "Pass", "skip2", "testing", ""])
 def test_shipped_registry_has_no_executor_for_other_stages(
     shipped: Registry, routing_key: str
 ) -> None:
@@ -782,6 +782,27 @@ async def test_shipped_crash_builtin_crashes(shipped: Registry, tmp_path: Path) 
 
     with pytest.raises(ExecutionCrashed):
         await executor.run(tmp_path, RoutingNode(exchange="e", routing_key="testing-3-crash"))
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "image", "rule"),
+    [
+        ("python-check", "ulos-py/python-check", "exit-code"),
+        ("pytest-grader", "ulos-py/pytest-grader", "exit-code"),
+        ("gcode-check", "ulos-py/gcode-check", "marker:results/PASSED"),
+    ],
+)
+def test_shipped_registry_routes_lab_stages_to_sandboxed_containers(
+    shipped: Registry, routing_key: str, image: str, rule: str
+) -> None:
+    executor = shipped.select(routing_key)
+
+    assert isinstance(executor, DockerExecutor)
+    assert executor.spec.settings.image == image
+    assert executor.spec.rule.describe() == rule
+    limits = executor.spec.settings.limits
+    assert not limits.network and limits.drop_capabilities and limits.no_new_privileges
+    assert limits.user != "0:0"
 
 
 def test_registry_first_match_wins() -> None:

@@ -71,7 +71,7 @@ class DockerExecutor:
         limits = settings.limits
         return ContainerSpec(
             image=settings.image,
-            command=settings.command,
+            command=settings.command or None,  # an empty list means the image's CMD
             working_dir=settings.mount,
             user=limits.user,
             environment={"HOME": "/tmp", **settings.environment},

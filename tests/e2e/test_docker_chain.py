@@ -1,0 +1,133 @@
+"""A lab's two-stage chain, check → grade, over two `ulos-py node` processes started from
+their files in testing-configurations/, running the shipped docker executors on the
+shipped example submissions."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import uuid
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from tests.conftest import Broker, Engine, FtpServer
+from tests.e2e.conftest import ROOT, StartCli, settings_env
+from tests.e2e.test_chain import broker_env, follow
+from tests.integration.test_docker import zip_folder
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("executor_images")]
+
+CONFIGS = ROOT / "testing-configurations"
+MESSAGES = ROOT / "testing-messages"
+EXAMPLES = ROOT / "executors"
+
+SCENARIOS = {
+    "check-grade-pass": "pytest-grader/examples/pass-all",
+    "check-grade-fail-grade": "pytest-grader/examples/fail-some-tests",
+    "check-grade-fail-check": "python-check/examples/fail-syntax-error",
+}
+
+
+async def test_check_then_grade(
+    broker: Broker,
+    ftp_server: FtpServer,
+    docker_engine: Engine,
+    amqp,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    start_cli: StartCli,
+) -> None:
+    env = settings_env(broker_env(broker))
+    applied = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ulos_py", "topology", "apply", str(CONFIGS / "topology.toml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert applied.returncode == 0, applied.stderr
+    channel = await amqp.channel()
+    for role in ("python-check", "pytest-grader"):
+        await (await channel.get_queue(role)).purge()
+
+    run = uuid.uuid4().hex[:8]
+    node_env = settings_env(
+        {
+            **broker_env(broker),
+            "REMOTE_STORAGE_HOST": ftp_server.host,
+            "REMOTE_STORAGE_PORT": str(ftp_server.port),
+            "REMOTE_STORAGE_USERNAME": ftp_server.username,
+            "REMOTE_STORAGE_PASSWORD": ftp_server.password,
+            "ULOS_WORK_DIR": str(tmp_path / "work"),
+            "ULOS_LOG_FORMAT": "json",
+        }
+    )
+    nodes = {
+        role: start_cli(
+            "node",
+            "--env-file",
+            str(CONFIGS / f"{role}.env"),
+            env={**node_env, "ULOS_NODE_ID": f"{role}-{run}"},
+        )
+        for role in ("python-check", "pytest-grader")
+    }
+
+    bodies = {}
+    for scenario, example in SCENARIOS.items():
+        body = json.loads((MESSAGES / f"{scenario}.json").read_text())
+        body["taskId"] = f"{scenario}-{run}"
+        body["filePath"] = f"/e2e-{run}/{scenario}.zip"
+        ftp_server.put(body["filePath"], zip_folder(EXAMPLES / example))
+        bodies[scenario] = body
+
+    journeys: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    ready = asyncio.Event()
+    follower = asyncio.create_task(
+        follow(amqp, {b["taskId"] for b in bodies.values()}, ready, journeys)
+    )
+    await ready.wait()
+    await asyncio.sleep(1)  # nodes connect
+    for body in bodies.values():
+        await channel.default_exchange.publish(
+            aio_pika.Message(json.dumps(body).encode()), routing_key="python-check"
+        )
+    await asyncio.wait_for(follower, 120)
+
+    assert journeys[f"check-grade-pass-{run}"] == [
+        ("python-check", "pass"),
+        ("pytest-grader", "pass"),
+        ("arrived", "lab.passed"),
+    ]
+    assert journeys[f"check-grade-fail-grade-{run}"] == [
+        ("python-check", "pass"),
+        ("pytest-grader", "fail"),
+        ("arrived", "lab.failed"),
+    ]
+    assert journeys[f"check-grade-fail-check-{run}"] == [
+        ("python-check", "fail"),
+        ("arrived", "lab.failed"),
+    ]
+    assert all(node.poll() is None for node in nodes.values())
+    for role in nodes:
+        assert docker_engine.containers_of(f"{role}-{run}") == []
+
+    # Both stages' outputs and results travelled with the zip.
+    graded = ftp_server.get(bodies["check-grade-fail-grade"]["filePath"])
+    with zipfile.ZipFile(io.BytesIO(graded)) as zf:
+        names = set(zf.namelist())
+        summary = zf.read("results/summary.txt").decode()
+    assert {
+        "output_processing-exchange_python-check.txt",
+        "output_processing-exchange_pytest-grader.txt",
+        "results/junit.xml",
+        "results/check-report.txt",
+    } <= names
+    assert "failed" in summary.lower()

@@ -1,0 +1,1 @@
+"""Tests of the shipped docker executors: their images, examples and rules."""
