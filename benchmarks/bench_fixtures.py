@@ -67,6 +67,15 @@ def _zip_with(names: list[str], payloads: list[bytes], size: int) -> bytes:
     return buffer.getvalue()
 
 
+def zip_folder(folder: Path) -> bytes:
+    """The files under `folder` as a deflated zip, paths relative to it (a real submission)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
 def place_zips(root: Path, label: str, count: int, data: bytes) -> list[str]:
     """Put the zip at `count` distinct paths on the FTP server's disk (set-up, not measured)."""
     folder = root / "bench" / label
@@ -172,6 +181,8 @@ class Broker:
 @dataclass(frozen=True)
 class Topology:
     prefix: str
+    stage: str = STAGE_KEY
+    """The routing key of the tasks' only stage: what the worker's registry must serve."""
 
     @property
     def processing(self) -> str:
@@ -191,7 +202,7 @@ class Topology:
     def bindings(self) -> list[tuple[str, str, str]]:
         """(queue, exchange, routing key) of every queue the benchmark declares."""
         return [
-            (self.queue("input"), self.processing, STAGE_KEY),
+            (self.queue("input"), self.processing, self.stage),
             (self.queue("done"), self.processing, DONE_KEY),
             (self.queue("logs"), self.logs, LOGS_KEY),
             (self.queue("crashes"), self.crashes, CRASH_KEY),
@@ -201,7 +212,7 @@ class Topology:
         return {"exchange": self.processing, "routingKey": DONE_KEY}
 
     def task(self, label: str, index: int, path: str) -> dict[str, Any]:
-        """A SPEC §2 task whose only stage is `skip`, forwarded to `done` on success."""
+        """A SPEC §2 task whose only stage is `self.stage`, forwarded to `done` on success."""
         return {
             "taskId": f"{self.prefix}-{label}-{index:05d}",
             "taskOwnerId": f"student-{index % 97:03d}",
@@ -209,7 +220,7 @@ class Topology:
             "timeout": 60,
             "routingTree": {
                 "exchange": self.processing,
-                "routingKey": STAGE_KEY,
+                "routingKey": self.stage,
                 "successRoutingDecision": self.done_hop(),
             },
             "course": "bench-101",  # an unknown field: it must travel on
@@ -255,7 +266,7 @@ async def publish_tasks(channel: AbstractChannel, topology: Topology, bodies: li
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
-                    STAGE_KEY,
+                    topology.stage,
                     mandatory=True,
                 )
                 for body in bodies[start : start + 250]
