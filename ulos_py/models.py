@@ -107,3 +107,11 @@ def _json_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
+
+
+def task_json_schema() -> dict[str, Any]:
+    """SPEC §2 as JSON Schema, with the wire (camelCase) names, for other systems' checks."""
+    schema = Task.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ulos-py task message"
+    return schema

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -876,3 +877,21 @@ def test_broken_registry_is_a_config_error(tmp_path: Path, text: str, hint: str)
 def test_missing_registry_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_registry(tmp_path / "absent.toml", docker_executor)
+
+
+# --- sample messages ---------------------------------------------------------------------
+
+SAMPLES = Path(__file__).resolve().parents[2] / "testing-messages"
+
+
+def test_every_sample_message_has_an_expected_path_and_a_row_in_the_readme() -> None:
+    expected = tomllib.loads((SAMPLES / "expected.toml").read_text())
+    readme = (SAMPLES / "README.md").read_text()
+
+    messages = {path.stem for path in SAMPLES.glob("*.json")}
+    assert messages == set(expected)
+    for name in messages:
+        assert f"[`{name}.json`]({name}.json)" in readme
+    for name, spec in expected.items():
+        if "submission" in spec:
+            assert (SAMPLES.parent / spec["submission"]).is_dir(), name

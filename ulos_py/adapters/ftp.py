@@ -82,6 +82,15 @@ class _Client(aioftp.Client):
         super().close()
 
 
+@dataclass(frozen=True)
+class RemoteEntry:
+    path: str
+    is_dir: bool
+    size: int | None
+    modified: str | None
+    """As the server gives it (MLSD: YYYYMMDDHHMMSS, UTC)."""
+
+
 class FtpStorage:
     """Storage port on an FTP server."""
 
@@ -158,6 +167,26 @@ class FtpStorage:
             await client.make_directory(parent, parents=True)
 
         await self._attempt(f"make directory {parent}", make)
+
+    async def list(self, remote_dir: str, recursive: bool = False) -> list[RemoteEntry]:
+        """What is in `remote_dir` (for operators; the task path never lists)."""
+        entries: list[RemoteEntry] = []
+
+        async def fetch(client: aioftp.Client) -> None:
+            entries.clear()  # a retried attempt starts over
+            for path, info in await client.list(remote_dir, recursive=recursive):
+                size = info.get("size")
+                entries.append(
+                    RemoteEntry(
+                        str(path),
+                        info.get("type") == "dir",
+                        int(size) if size is not None else None,
+                        info.get("modify"),
+                    )
+                )
+
+        await self._attempt(f"list {remote_dir}", fetch)
+        return sorted(entries, key=lambda entry: entry.path)
 
     async def close(self) -> None:
         """Close every idle connection (in-flight ones close when their transfer ends)."""

@@ -8,6 +8,7 @@ from ulos_py import __version__
 from ulos_py.cli.executors import executors
 from ulos_py.cli.node import node
 from ulos_py.cli.publish import publish
+from ulos_py.cli.schema import schema
 from ulos_py.cli.storage import storage
 from ulos_py.cli.topology import topology
 from ulos_py.cli.validate import validate
@@ -22,6 +23,7 @@ def cli() -> None:
 cli.add_command(executors)
 cli.add_command(node)
 cli.add_command(publish)
+cli.add_command(schema)
 cli.add_command(storage)
 cli.add_command(topology)
 cli.add_command(validate)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
+from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RemoteEntry, RetryPolicy
 from ulos_py.archive import pack
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.settings import ConnectionSettings, load
@@ -16,7 +16,7 @@ from ulos_py.settings import ConnectionSettings, load
 
 @click.group()
 def storage() -> None:
-    """Upload and download task zips (REMOTE_STORAGE_* variables)."""
+    """Upload, download and list task zips on the FTP server (REMOTE_STORAGE_* variables)."""
 
 
 def _storage(settings: ConnectionSettings) -> FtpStorage:
@@ -68,3 +68,34 @@ async def _download(settings: ConnectionSettings, remote: str, local: Path) -> N
         await ftp.download(remote, local)
     finally:
         await ftp.close()
+
+
+@storage.command("list")
+@click.argument("remote", default="/")
+@click.option("-r", "--recursive", is_flag=True, help="Descend into folders.")
+@env_file_option
+@one_line_errors
+def list_(remote: str, recursive: bool, env_file: Path | None) -> None:
+    """List the folder REMOTE on the FTP server (default /): size, time, path."""
+    settings = load(ConnectionSettings, env_file)
+    entries = asyncio.run(_list(settings, remote, recursive))
+    for entry in entries:
+        size = "dir" if entry.is_dir else str(entry.size if entry.size is not None else "?")
+        modified = _readable_time(entry.modified)
+        click.echo(f"{size:>12}  {modified:<19}  {entry.path}{'/' if entry.is_dir else ''}")
+    click.echo(f"{len(entries)} entries in {remote}", err=True)
+
+
+async def _list(settings: ConnectionSettings, remote: str, recursive: bool) -> list[RemoteEntry]:
+    ftp = _storage(settings)
+    try:
+        return await ftp.list(remote, recursive)
+    finally:
+        await ftp.close()
+
+
+def _readable_time(mlsd: str | None) -> str:
+    """MLSD's YYYYMMDDHHMMSS as YYYY-MM-DD HH:MM:SS (UTC); as given if it is not that."""
+    if mlsd is None or len(mlsd) < 14 or not mlsd[:14].isdigit():
+        return mlsd or "-"
+    return f"{mlsd[:4]}-{mlsd[4:6]}-{mlsd[6:8]} {mlsd[8:10]}:{mlsd[10:12]}:{mlsd[12:14]}"
