@@ -39,6 +39,11 @@ class ConnectionSettings(BaseSettings):
     storage_password: SecretStr = Field(SecretStr(""), alias="REMOTE_STORAGE_PASSWORD")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Settings(ConnectionSettings):
     """Everything a node reads at start; a bad value stops it with one line."""
 
@@ -55,6 +60,7 @@ class Settings(ConnectionSettings):
     requeue_on_reject: bool = Field(False, alias="MESSAGE_BROKER_REQUEUE_ON_REJECT")
 
     configured_node_id: str | None = Field(None, alias="ULOS_NODE_ID")
+    processes: PositiveInt = Field(default_factory=usable_cores, alias="ULOS_PROCESSES")
     work_dir: Path = Field(Path(tempfile.gettempdir()) / "ulos-py", alias="ULOS_WORK_DIR")
     max_in_flight: PositiveInt = Field(16, alias="ULOS_MAX_IN_FLIGHT")
     executors_file: Path = Field(Path("executors/registry.toml"), alias="ULOS_EXECUTORS_FILE")
@@ -71,7 +77,10 @@ class Settings(ConnectionSettings):
 
     @property
     def node_id(self) -> str:
-        """ULOS_NODE_ID, or queue@host:pid, which stays unique per process."""
+        """ULOS_NODE_ID, or queue@host:pid, which stays unique per process.
+
+        A worker of a multi-process node gets `ULOS_NODE_ID/w<index>:<pid>` when one is set.
+        """
         host = socket.gethostname()
         return self.configured_node_id or f"{self.consumption_queue}@{host}:{os.getpid()}"
 
