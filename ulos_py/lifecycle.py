@@ -120,7 +120,8 @@ async def _run_stage(
 
     report.log(Event.EXECUTION_STARTED, f"executor {executor.name} started")
     result = await _execute(executor, space.files, stage, task.timeout)
-    (space.files / output_file_name(stage)).write_text(result.output, encoding="utf-8")
+    output_file = space.files / output_file_name(stage)
+    await asyncio.to_thread(output_file.write_text, result.output, encoding="utf-8")
     report.log(
         Event.EXECUTION_FINISHED,
         f"executor {executor.name} finished: {result.outcome.value}",
@@ -147,10 +148,14 @@ async def _run_stage(
         correlation_id=task.task_id,
         priority=delivery.priority,
     )
+    # The notices so far are confirmed while the forward is: one round trip, not two.
+    notices = asyncio.ensure_future(report.flush())
     try:
         await deps.publisher.publish(envelope)
     except PublishError as exc:
         raise ForwardFailed(f"cannot forward to {target}: {exc}") from exc
+    finally:
+        await notices
     report.log(Event.FORWARDED, f"forwarded to {target}", target=hop.wire())
 
 

@@ -293,3 +293,23 @@ def test_pack_keeps_the_executable_bit(tmp_path: Path, dest: Path) -> None:
         assert (zf.getinfo("run.sh").external_attr >> 16) & 0o111
     safe_unpack(archive, dest, ArchiveLimits())
     assert os.access(dest / "run.sh", os.X_OK)
+
+
+def test_pack_stores_large_incompressible_files_and_deflates_the_rest(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "photo.jpg").write_bytes(os.urandom(300_000))
+    (src / "log.txt").write_text("the same line again\n" * 20_000)
+    (src / "small.bin").write_bytes(os.urandom(1000))
+    archive = tmp_path / "out.zip"
+
+    pack(src, archive)
+
+    with zipfile.ZipFile(archive) as zf:
+        kinds = {info.filename: info.compress_type for info in zf.infolist()}
+        assert zf.read("photo.jpg") == (src / "photo.jpg").read_bytes()
+    assert kinds == {
+        "log.txt": zipfile.ZIP_DEFLATED,
+        "photo.jpg": zipfile.ZIP_STORED,
+        "small.bin": zipfile.ZIP_DEFLATED,
+    }
