@@ -6,6 +6,7 @@
     │   ├── StorageUnavailable   transient: worth a retry with back-off
     │   └── StorageRefused       permanent: missing file, bad credentials, no permission
     ├── BrokerUnavailable        the broker cannot be reached
+    ├── ExchangeMissing          an exchange to watch is not declared on the broker
     ├── PublishError             the broker did not confirm a publish (adapter level)
     ├── SettleFailed             an ack/reject did not reach the broker (it will redeliver)
     └── TaskCrash                a task ended without an outcome; `kind` is SPEC §4 `error.kind`
@@ -76,6 +77,14 @@ class StorageRefused(StorageError):
 
 class BrokerUnavailable(UlosError):
     """The broker did not answer or dropped the connection."""
+
+
+class ExchangeMissing(UlosError):
+    """An exchange to watch is not on the broker.
+
+    Not a ConfigError (exit status 2): the setting may be right and the deployment not yet
+    declared, so `ulos-py watch` reports it as a failed operation (exit status 1).
+    """
 
 
 class PublishError(UlosError):

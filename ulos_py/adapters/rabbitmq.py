@@ -3,14 +3,16 @@
 Publishing uses its own channel, separate from the consuming one, because a publish to a
 missing exchange makes the broker close the channel it came on. Exchanges are checked with
 a passive declare on a throwaway channel before their first use, for the same reason.
+
+`observe` is the watcher's side: a private queue bound to the notice exchanges.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import aio_pika
@@ -24,7 +26,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from ulos_py.errors import BrokerUnavailable, ConfigError, PublishError, SettleFailed
+from ulos_py.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    ExchangeMissing,
+    PublishError,
+    SettleFailed,
+)
 from ulos_py.ports import Delivery, Envelope
 from ulos_py.settings import ConnectionSettings
 from ulos_py.topology import Topology
@@ -158,14 +166,8 @@ class RabbitPublisher:
         """Passive declare on a throwaway channel, so a 404 closes only that channel."""
         if name == "" or name in self._exchanges:
             return True
-        probe = await self._connection.channel(publisher_confirms=False)
-        try:
-            await probe.get_exchange(name, ensure=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
+        if not await _exchange_exists(self._connection, name):
             return False
-        finally:
-            if not probe.is_closed:
-                await probe.close()
         self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
         return True
 
@@ -256,3 +258,106 @@ async def declare_topology(connection: AbstractRobustConnection, topology: Topol
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A message as a watcher saw it: where it came from, and its body untouched."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+
+
+@asynccontextmanager
+async def observe(
+    connection: AbstractRobustConnection,
+    bindings: Sequence[tuple[str, str]],
+    queue_name: str,
+    say: Callable[[str], None],
+) -> AsyncIterator[AsyncIterator[Observed]]:
+    """A private queue bound to each (exchange, routing key), and what arrives on it.
+
+    The queue is exclusive and auto-deleted: it gets copies of what the exchanges route,
+    never another consumer's work, and goes away with the connection. Nothing is acked (a
+    watcher that dies loses only its copies). After a lost connection the robust connection
+    declares and binds it again; `say` tells the operator, since what was published in
+    between is missed.
+    """
+    exchanges = list(dict.fromkeys(exchange for exchange, _ in bindings))
+    missing = [name for name in exchanges if not await _exchange_exists(connection, name)]
+    if missing:
+        raise ExchangeMissing(_missing_sentence(missing))
+    inbox: asyncio.Queue[Observed] = asyncio.Queue()
+
+    async def take(message: AbstractIncomingMessage) -> None:
+        inbox.put_nowait(Observed(message.exchange or "", message.routing_key or "", message.body))
+
+    gap = _GapReport(say)
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        try:
+            queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+            for exchange, key in dict.fromkeys(bindings):
+                await queue.bind(exchange, key)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:  # deleted since the check
+            raise ExchangeMissing(_missing_sentence(exchanges)) from exc
+        await queue.consume(take, no_ack=True)
+        connection.close_callbacks.add(gap.lost)
+        connection.reconnect_callbacks.add(gap.restored)
+        yield _drain(inbox)
+    finally:
+        connection.close_callbacks.discard(gap.lost)
+        connection.reconnect_callbacks.discard(gap.restored)
+        if not channel.is_closed:
+            with suppress(*BROKER_LOST):
+                await channel.close()
+
+
+async def _exchange_exists(connection: AbstractRobustConnection, name: str) -> bool:
+    """Passive declare on a throwaway channel, so a 404 closes only that channel."""
+    probe = await connection.channel(publisher_confirms=False)
+    try:
+        await probe.get_exchange(name, ensure=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    return True
+
+
+def _missing_sentence(names: list[str]) -> str:
+    quoted = " and ".join(repr(name) for name in names)
+    if len(names) == 1:
+        return (
+            f"exchange {quoted} does not exist on the broker (declare it first, e.g. with "
+            "`ulos-py topology apply`)"
+        )
+    return (
+        f"exchanges {quoted} do not exist on the broker (declare them first, e.g. with "
+        "`ulos-py topology apply`)"
+    )
+
+
+async def _drain(inbox: asyncio.Queue[Observed]) -> AsyncIterator[Observed]:
+    while True:
+        yield await inbox.get()
+
+
+class _GapReport:
+    """Says once that the connection is lost (restoring may fail many times) and once
+    that it is back."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self._say = say
+        self._down = False
+
+    def lost(self, _connection: object, exc: BaseException | None = None) -> None:
+        if not self._down:
+            self._down = True
+            self._say(f"broker connection lost ({exc or 'closed'}); reconnecting")
+
+    def restored(self, _connection: object) -> None:
+        self._down = False
+        self._say("reconnected; notices published while disconnected were missed")

@@ -12,6 +12,7 @@ from ulos_py.cli.schema import schema
 from ulos_py.cli.storage import storage
 from ulos_py.cli.topology import topology
 from ulos_py.cli.validate import validate
+from ulos_py.cli.watch import watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,7 @@ cli.add_command(schema)
 cli.add_command(storage)
 cli.add_command(topology)
 cli.add_command(validate)
+cli.add_command(watch)
 
 
 def main() -> None:
