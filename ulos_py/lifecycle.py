@@ -2,7 +2,8 @@
 
     parse → stage → executor → download → unpack → execute → pack → upload → forward → ack
 
-Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject. A
+Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject (or,
+with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES). A
 cancellation (node shutdown) is not a failure: the delivery goes back to the queue.
 """
 
@@ -31,7 +32,7 @@ from ulos_py.errors import (
     UploadFailed,
 )
 from ulos_py.models import Outcome, RoutingNode, Task, parse_task
-from ulos_py.notices import Event, NoticeContext
+from ulos_py.notices import Event, NoticeContext, Retry
 from ulos_py.ports import (
     Delivery,
     Envelope,
@@ -67,6 +68,7 @@ class Deps:
     work_dir: Path
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     requeue_on_reject: bool = False
+    max_deliveries: int = 5
 
 
 async def process(delivery: Delivery, deps: Deps) -> None:
@@ -86,16 +88,14 @@ async def process(delivery: Delivery, deps: Deps) -> None:
     except TaskCrash as crash:
         if isinstance(crash, MalformedTask) and crash.received is not None:
             report.known(crash.received, stage=None)
-        report.crash(crash)
-        requeue = deps.requeue_on_reject and not isinstance(crash, MalformedTask)
-        await _settle(delivery.reject(requeue), report, Event.REJECTED, requeued=requeue)
+        await _give_back(delivery, deps, report, crash)
     except asyncio.CancelledError:
         await asyncio.shield(_return_to_queue(delivery, report))
         raise
     except Exception as exc:  # a bug of ours must not kill the node or lose the task
         log.exception("internal_error")
-        report.crash(ExecutionCrashed(f"internal error in the node: {exc!r}"))
-        await _settle(delivery.reject(deps.requeue_on_reject), report, Event.REJECTED)
+        internal = ExecutionCrashed(f"internal error in the node: {exc!r}")
+        await _give_back(delivery, deps, report, internal)
     else:
         await report.flush()
         await _settle(delivery.ack(), report, Event.ACKED)
@@ -184,6 +184,23 @@ def _timed_out(executor: Executor, seconds: float) -> ExecutionResult:
     if executor.on_timeout is TimeoutPolicy.FAIL:
         return ExecutionResult(Outcome.FAIL, message)
     raise ExecutionTimedOut(message)
+
+
+async def _give_back(delivery: Delivery, deps: Deps, report: Reporter, crash: TaskCrash) -> None:
+    """A crashed task is rejected, or requeued (counted) while under the delivery limit.
+
+    A malformed message is never requeued: it cannot get better.
+    """
+    if not deps.requeue_on_reject or isinstance(crash, MalformedTask):
+        report.crash(crash)
+        await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)
+        return
+    retry = Retry(delivery.delivery_count, deps.max_deliveries)
+    report.crash(crash, retry)
+    if retry.given_up:
+        await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)
+    else:
+        await _settle(delivery.requeue_counted(), report, Event.REJECTED, requeued=True)
 
 
 async def _settle(

@@ -120,9 +120,10 @@ async def _serve(
             work_dir=settings.work_dir,
             limits=limits,
             requeue_on_reject=settings.requeue_on_reject,
+            max_deliveries=settings.max_deliveries,
         )
         pool = TaskPool(settings.concurrency, deps)
-        stop_consuming = await rabbitmq.consume(queue, pool.submit)
+        stop_consuming = await rabbitmq.consume(queue, publisher, pool.submit)
         log.info("consuming", queue=settings.consumption_queue, concurrency=settings.concurrency)
         await stop.wait()
         log.info("stopping", in_flight=pool.in_flight)

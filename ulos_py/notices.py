@@ -75,10 +75,35 @@ def log_notice(ctx: NoticeContext, event: Event, message: str, **fields: Any) ->
     }
 
 
-def crash_notice(ctx: NoticeContext, crash: TaskCrash) -> dict[str, Any]:
-    """A crash notice: why the task ended without an outcome."""
-    error: dict[str, Any] = {"kind": crash.kind.value, "detail": crash.detail}
-    notice = log_notice(ctx, Event.CRASHED, f"{crash.kind.value}: {crash.detail}", error=error)
+@dataclass(frozen=True)
+class Retry:
+    """Where a crashed task stands against the delivery limit."""
+
+    delivery: int
+    limit: int
+
+    @property
+    def given_up(self) -> bool:
+        return self.delivery >= self.limit
+
+
+def crash_notice(
+    ctx: NoticeContext, crash: TaskCrash, retry: Retry | None = None
+) -> dict[str, Any]:
+    """A crash notice: why the task ended without an outcome (and, when crashed tasks are
+    requeued, whether this one will be tried again)."""
+    detail = crash.detail
+    error: dict[str, Any] = {"kind": crash.kind.value, "detail": detail}
+    if retry is not None:
+        error["delivery"], error["maxDeliveries"] = retry.delivery, retry.limit
+        error["requeued"] = not retry.given_up
+        if retry.given_up:
+            detail += (
+                f"; crashed on delivery {retry.delivery} of at most {retry.limit} "
+                "(ULOS_MAX_DELIVERIES): not requeued again"
+            )
+            error["detail"] = detail
+    notice = log_notice(ctx, Event.CRASHED, f"{crash.kind.value}: {detail}", error=error)
     if isinstance(crash, MalformedTask):
         error["errors"] = crash.errors
         notice["rawBody"] = crash.raw_body[:RAW_BODY_LIMIT].decode("utf-8", errors="replace")

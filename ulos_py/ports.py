@@ -33,6 +33,15 @@ class Delivery(Protocol):
     async def reject(self, requeue: bool) -> None:
         """Raises SettleFailed when the broker can no longer take it."""
 
+    @property
+    def delivery_count(self) -> int:
+        """1 the first time; counted across requeues (see `requeue_counted`)."""
+
+    async def requeue_counted(self) -> None:
+        """Back to its queue (at the tail) with its delivery count raised, confirmed before
+        this delivery is acked; raises SettleFailed. A plain requeue cannot be counted on a
+        classic queue, and a task that crashes every time would loop for ever."""
+
 
 @dataclass(frozen=True)
 class Envelope:

@@ -15,7 +15,7 @@ import structlog
 
 from ulos_py.errors import PublishError, TaskCrash
 from ulos_py.models import RoutingNode
-from ulos_py.notices import Event, NoticeContext, crash_notice, log_notice
+from ulos_py.notices import Event, NoticeContext, Retry, crash_notice, log_notice
 from ulos_py.ports import Envelope, Publisher
 
 log = structlog.get_logger(__name__)
@@ -48,8 +48,8 @@ class Reporter:
         body = log_notice(self.context, event, message, **fields)
         self._send(self._routes.logs_exchange, self._routes.logs_routing_key, body)
 
-    def crash(self, crash: TaskCrash) -> None:
-        body = crash_notice(self.context, crash)
+    def crash(self, crash: TaskCrash, retry: Retry | None = None) -> None:
+        body = crash_notice(self.context, crash, retry)
         self._send(self._routes.crash_exchange, self._routes.crash_routing_key, body)
         self.log(Event.CRASHED, body["logMessage"], error=body["error"])
 

@@ -58,6 +58,7 @@ class Settings(ConnectionSettings):
         10, alias="MESSAGE_BROKER_PREFETCH_COUNT"
     )
     requeue_on_reject: bool = Field(False, alias="MESSAGE_BROKER_REQUEUE_ON_REJECT")
+    max_deliveries: Annotated[int, Field(ge=1)] = Field(5, alias="ULOS_MAX_DELIVERIES")
 
     configured_node_id: str | None = Field(None, alias="ULOS_NODE_ID")
     processes: PositiveInt = Field(default_factory=usable_cores, alias="ULOS_PROCESSES")

@@ -43,8 +43,10 @@ class FakeDelivery:
         *,
         settle_fails: bool = False,
         journal: list[str] | None = None,
+        delivery_count: int = 1,
     ) -> None:
         self.body = body
+        self.delivery_count = delivery_count
         self.priority = priority
         self.redelivered = redelivered
         self.settle_fails = settle_fails
@@ -74,6 +76,12 @@ class FakeDelivery:
         self._attempt("reject")
         self.rejected = True
         self.requeue = requeue
+
+    async def requeue_counted(self) -> None:
+        """Counted requeue (republish, then ack): for these tests, a reject with requeue."""
+        self._attempt("requeue_counted")
+        self.rejected = True
+        self.requeue = True
 
 
 class FakePublisher:

@@ -436,6 +436,36 @@ async def test_requeue_on_reject_requeues_crashes(tmp_path: Path, stage: str) ->
     assert_rejected(node, delivery, requeue=True)
 
 
+@pytest.mark.parametrize(("delivery_count", "requeued"), [(1, True), (4, True), (5, False)])
+async def test_a_crashing_task_is_requeued_until_the_delivery_limit(
+    tmp_path: Path, delivery_count: int, requeued: bool
+) -> None:
+    node = make_node(tmp_path, requeue_on_reject=True)  # the limit is 5 by default
+
+    delivery = await node.run(encode(task("crash")), delivery_count=delivery_count)
+
+    assert_rejected(node, delivery, requeue=requeued)
+    settled = [entry for entry in node.journal if not entry.startswith("publish")]
+    assert settled == ["requeue_counted" if requeued else "reject"]
+    [notice] = node.crashes()
+    assert notice["error"]["delivery"] == delivery_count
+    assert notice["error"]["maxDeliveries"] == 5
+    assert notice["error"]["requeued"] is requeued
+    said = "crashed on delivery 5 of at most 5 (ULOS_MAX_DELIVERIES): not requeued again"
+    assert (said in notice["error"]["detail"]) is not requeued
+
+
+async def test_without_requeue_on_reject_crash_notices_say_nothing_of_deliveries(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path)
+
+    await node.run(encode(task("crash")), delivery_count=3)
+
+    [notice] = node.crashes()
+    assert "delivery" not in notice["error"]
+
+
 # --- execution timed out -----------------------------------------------------------------
 
 

@@ -118,11 +118,19 @@ async def connect_when_up(
     return None
 
 
+DELIVERIES_HEADER = "x-ulos-deliveries"
+"""Our count of a message's deliveries, carried across counted requeues."""
+
+
 class RabbitDelivery:
     """A consumed message as the lifecycle sees it."""
 
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(
+        self, message: AbstractIncomingMessage, queue: str, publisher: RabbitPublisher
+    ) -> None:
         self._message = message
+        self._queue = queue
+        self._publisher = publisher
 
     @property
     def body(self) -> bytes:
@@ -148,6 +156,36 @@ class RabbitDelivery:
         except BROKER_LOST as exc:
             raise SettleFailed(f"cannot reject, broker connection lost: {exc}") from exc
 
+    @property
+    def delivery_count(self) -> int:
+        headers = self._message.headers or {}
+        counted = headers.get(DELIVERIES_HEADER)
+        if isinstance(counted, int) and counted > 0:
+            return counted + (1 if self._message.redelivered else 0)
+        quorum = headers.get("x-delivery-count")  # a quorum queue counts returns itself
+        if isinstance(quorum, int):
+            return quorum + 1
+        return 2 if self._message.redelivered else 1
+
+    async def requeue_counted(self) -> None:
+        message = self._message
+        headers = {**(message.headers or {}), DELIVERIES_HEADER: self.delivery_count + 1}
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=message.priority,
+            correlation_id=message.correlation_id,
+            message_id=message.message_id,
+        )
+        try:
+            await self._publisher.publish_raw(copy, exchange="", routing_key=self._queue)
+        except PublishError as exc:
+            raise SettleFailed(f"cannot requeue: {exc}") from exc
+        await self.ack()
+
 
 class RabbitPublisher:
     """Confirmed, persistent, mandatory publishing of JSON bodies."""
@@ -172,7 +210,6 @@ class RabbitPublisher:
         return True
 
     async def publish(self, envelope: Envelope) -> None:
-        where = f"exchange {envelope.exchange!r} with routing key {envelope.routing_key!r}"
         message = aio_pika.Message(
             json.dumps(envelope.body, ensure_ascii=False).encode(),
             content_type="application/json",
@@ -182,19 +219,22 @@ class RabbitPublisher:
             correlation_id=envelope.correlation_id,
             priority=envelope.priority,
         )
+        await self.publish_raw(message, envelope.exchange, envelope.routing_key)
+
+    async def publish_raw(self, message: aio_pika.Message, exchange: str, routing_key: str) -> None:
+        """Publish a ready message, confirmed and mandatory; PublishError otherwise."""
+        where = f"exchange {exchange!r} with routing key {routing_key!r}"
         try:
-            if not await self.exchange_exists(envelope.exchange):
+            if not await self.exchange_exists(exchange):
                 raise PublishError(f"{where}: the exchange does not exist")
-            exchange = self._exchanges.get(envelope.exchange) or self._channel.default_exchange
-            await exchange.publish(
-                message, envelope.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT
-            )
+            target = self._exchanges.get(exchange) or self._channel.default_exchange
+            await target.publish(message, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT)
         except aio_pika.exceptions.PublishError as exc:
             raise PublishError(f"{where}: unroutable, no queue is bound to it") from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise PublishError(f"{where}: the broker refused the message") from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            self._exchanges.pop(envelope.exchange, None)
+            self._exchanges.pop(exchange, None)
             raise PublishError(f"{where}: the exchange does not exist") from exc
         except TimeoutError as exc:
             raise PublishError(f"{where}: no confirm within {PUBLISH_TIMEOUT:g} s") from exc
@@ -218,12 +258,16 @@ async def open_queue(
 
 
 async def consume(
-    queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]]
+    queue: AbstractQueue,
+    publisher: RabbitPublisher,
+    on_delivery: Callable[[Delivery], Awaitable[None]],
 ) -> Callable[[], Awaitable[None]]:
-    """Start consuming; returns the function that stops taking new deliveries."""
+    """Start consuming; returns the function that stops taking new deliveries.
+
+    `publisher` puts counted requeues back on the queue."""
 
     async def deliver(message: AbstractIncomingMessage) -> None:
-        await on_delivery(RabbitDelivery(message))
+        await on_delivery(RabbitDelivery(message, queue.name, publisher))
 
     tag = await queue.consume(deliver)
 
