@@ -77,7 +77,8 @@ async def process(delivery: Delivery, deps: Deps) -> None:
     try:
         received, task = parse_task(delivery.body)
         report.known(received, task.routing_tree)
-        note = " (redelivered)" if delivery.redelivered else ""
+        count = delivery.delivery_count
+        note = f" (redelivered, delivery {count})" if count > 1 else ""
         report.log(Event.RECEIVED, f"task {task.task_id} received{note}")
         stage = current_stage(task)
         executor = deps.executors.select(stage.routing_key)

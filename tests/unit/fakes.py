@@ -43,10 +43,11 @@ class FakeDelivery:
         *,
         settle_fails: bool = False,
         journal: list[str] | None = None,
-        delivery_count: int = 1,
+        delivery_count: int | None = None,
     ) -> None:
         self.body = body
-        self.delivery_count = delivery_count
+        # as the broker adapter counts: a redelivery without our header is the second
+        self.delivery_count = delivery_count or (2 if redelivered else 1)
         self.priority = priority
         self.redelivered = redelivered
         self.settle_fails = settle_fails
