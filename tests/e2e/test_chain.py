@@ -34,6 +34,41 @@ def broker_env(broker: Broker) -> dict[str, str]:
     }
 
 
+async def apply_sample_topology(
+    broker: Broker, amqp: aio_pika.abc.AbstractRobustConnection, stage_queues: list[str]
+) -> aio_pika.abc.AbstractChannel:
+    """`ulos-py topology apply` of the sample file; the stage queues start empty."""
+    applied = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ulos_py", "topology", "apply", str(CONFIGS / "topology.toml")],
+        cwd=ROOT,
+        env=settings_env(broker_env(broker)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert applied.returncode == 0, applied.stderr
+    channel = await amqp.channel()
+    for name in stage_queues:
+        await (await channel.get_queue(name)).purge()
+    return channel
+
+
+def sample_node_env(broker: Broker, ftp: FtpServer, tmp_path: Path) -> dict[str, str]:
+    """What a node started from a sample configuration file needs to reach the test servers."""
+    return settings_env(
+        {
+            **broker_env(broker),
+            "REMOTE_STORAGE_HOST": ftp.host,
+            "REMOTE_STORAGE_PORT": str(ftp.port),
+            "REMOTE_STORAGE_USERNAME": ftp.username,
+            "REMOTE_STORAGE_PASSWORD": ftp.password,
+            "ULOS_WORK_DIR": str(tmp_path / "work"),
+            "ULOS_LOG_FORMAT": "json",
+        }
+    )
+
+
 async def follow(
     connection: aio_pika.abc.AbstractRobustConnection,
     task_ids: set[str],
@@ -70,32 +105,8 @@ async def follow(
 async def test_five_stage_chain(
     broker: Broker, ftp_server: FtpServer, amqp, tmp_path: Path, start_cli: StartCli
 ) -> None:
-    env = settings_env(broker_env(broker))
-    applied = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ulos_py", "topology", "apply", str(CONFIGS / "topology.toml")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert applied.returncode == 0, applied.stderr
-    channel = await amqp.channel()
-    for n in range(1, 6):
-        await (await channel.get_queue(f"testing-{n}")).purge()
-
-    node_env = settings_env(
-        {
-            **broker_env(broker),
-            "REMOTE_STORAGE_HOST": ftp_server.host,
-            "REMOTE_STORAGE_PORT": str(ftp_server.port),
-            "REMOTE_STORAGE_USERNAME": ftp_server.username,
-            "REMOTE_STORAGE_PASSWORD": ftp_server.password,
-            "ULOS_WORK_DIR": str(tmp_path / "work"),
-            "ULOS_LOG_FORMAT": "json",
-        }
-    )
+    channel = await apply_sample_topology(broker, amqp, [f"testing-{n}" for n in range(1, 6)])
+    node_env = sample_node_env(broker, ftp_server, tmp_path)
     nodes = [
         start_cli("node", "--env-file", str(CONFIGS / f"testing-{n}.env"), env=node_env)
         for n in range(1, 6)

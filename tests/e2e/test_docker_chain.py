@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import subprocess
-import sys
 import uuid
 import zipfile
 from collections import defaultdict
@@ -18,8 +16,8 @@ import aio_pika
 import pytest
 
 from tests.conftest import Broker, Engine, FtpServer
-from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.e2e.test_chain import broker_env, follow
+from tests.e2e.conftest import ROOT, StartCli
+from tests.e2e.test_chain import apply_sample_topology, follow, sample_node_env
 from tests.integration.test_docker import zip_folder
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("executor_images")]
@@ -43,33 +41,9 @@ async def test_check_then_grade(
     tmp_path: Path,
     start_cli: StartCli,
 ) -> None:
-    env = settings_env(broker_env(broker))
-    applied = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ulos_py", "topology", "apply", str(CONFIGS / "topology.toml")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert applied.returncode == 0, applied.stderr
-    channel = await amqp.channel()
-    for role in ("python-check", "pytest-grader"):
-        await (await channel.get_queue(role)).purge()
-
+    channel = await apply_sample_topology(broker, amqp, ["python-check", "pytest-grader"])
     run = uuid.uuid4().hex[:8]
-    node_env = settings_env(
-        {
-            **broker_env(broker),
-            "REMOTE_STORAGE_HOST": ftp_server.host,
-            "REMOTE_STORAGE_PORT": str(ftp_server.port),
-            "REMOTE_STORAGE_USERNAME": ftp_server.username,
-            "REMOTE_STORAGE_PASSWORD": ftp_server.password,
-            "ULOS_WORK_DIR": str(tmp_path / "work"),
-            "ULOS_LOG_FORMAT": "json",
-        }
-    )
+    node_env = sample_node_env(broker, ftp_server, tmp_path)
     nodes = {
         role: start_cli(
             "node",
