@@ -67,6 +67,17 @@ def _zip_with(names: list[str], payloads: list[bytes], size: int) -> bytes:
     return buffer.getvalue()
 
 
+def make_incompressible_zip(size: int, seed: int, files: int = 4) -> bytes:
+    """A deflated zip of `files` files of random bytes, `size` in all: a big submission
+    (binaries, media) whose zip is as large as its content, so transfers carry `size`."""
+    rng = random.Random(seed)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(files):
+            zf.writestr(f"data/blob_{i:02d}.bin", rng.randbytes(size // files))
+    return buffer.getvalue()
+
+
 def zip_folder(folder: Path) -> bytes:
     """The files under `folder` as a deflated zip, paths relative to it (a real submission)."""
     buffer = io.BytesIO()
