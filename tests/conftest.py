@@ -224,3 +224,12 @@ def executor_images(docker_engine: Engine) -> list[str]:
         return build_images(images, specs, base, lambda line: None)
     finally:
         images.close()
+
+
+# TLS servers and servers with distinctive passwords (tests/tls_servers.py), as fixtures here.
+from tests.tls_servers import (  # noqa: E402, F401
+    ftps_server,
+    secret_ftp_server,
+    tls_broker,
+    tls_certificates,
+)

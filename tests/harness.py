@@ -172,6 +172,7 @@ def node_values(
         "ULOS_SHUTDOWN_GRACE": 10,
         "ULOS_STORAGE_RETRY_DELAY": 0.1,
         "ULOS_LOG_FORMAT": "json",
+        "ULOS_PROCESSES": 1,  # tests that want workers say so (`--processes`)
     }
     values.update(overrides)
     return values

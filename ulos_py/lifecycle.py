@@ -5,12 +5,16 @@
 Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject (or,
 with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES). A
 cancellation (node shutdown) is not a failure: the delivery goes back to the queue.
+
+A task that may run longer than the broker lets a delivery go unacknowledged is leased
+(`Delivery.detach`) before it executes, so the broker cannot close the channel under it and
+hand it to another node; the lease is settled like the delivery would have been.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +47,7 @@ from ulos_py.ports import (
     Storage,
     TimeoutPolicy,
 )
-from ulos_py.reporting import NoticeRoutes, Reporter
+from ulos_py.reporting import NoticeObserver, NoticeRoutes, Reporter, no_observer
 from ulos_py.routing import (
     current_stage,
     forward_body,
@@ -54,6 +58,25 @@ from ulos_py.routing import (
 from ulos_py.workspace import Workspace, workspace
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AckTimeout:
+    """The broker's consumer (delivery acknowledgement) timeout as the node knows it
+    (ULOS_BROKER_CONSUMER_TIMEOUT), and the time a task needs besides its execution for
+    download, upload and forward (ULOS_LEASE_MARGIN)."""
+
+    seconds: float = 0.0
+    """0: the broker has none."""
+    margin: float = 300.0
+
+    def lease_for(self, task_timeout: float) -> float | None:
+        """How long to lease a task allowed `task_timeout` seconds of execution; None when
+        it ends within the broker's timeout anyway."""
+        needed = task_timeout + self.margin
+        if self.seconds <= 0 or needed < self.seconds:
+            return None
+        return needed
 
 
 @dataclass(frozen=True)
@@ -69,17 +92,21 @@ class Deps:
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     requeue_on_reject: bool = False
     max_deliveries: int = 5
+    observe: Callable[[], NoticeObserver] = no_observer
+    """A watcher of each delivery's notices (the node's metrics); nobody by default."""
+    ack_timeout: AckTimeout = field(default_factory=AckTimeout)
 
 
 async def process(delivery: Delivery, deps: Deps) -> None:
     """Run one delivery to its end and settle it exactly once."""
-    report = Reporter(deps.publisher, deps.routes, NoticeContext(deps.node_id, received={}))
+    context = NoticeContext(deps.node_id, received={})
+    report = Reporter(deps.publisher, deps.routes, context, deps.observe())
     try:
         received, task = parse_task(delivery.body)
         report.known(received, task.routing_tree)
         count = delivery.delivery_count
         note = f" (redelivered, delivery {count})" if count > 1 else ""
-        report.log(Event.RECEIVED, f"task {task.task_id} received{note}")
+        report.log(Event.RECEIVED, f"task {task.task_id} received{note}", redelivered=count > 1)
         stage = current_stage(task)
         executor = deps.executors.select(stage.routing_key)
         if executor is None:
@@ -93,6 +120,8 @@ async def process(delivery: Delivery, deps: Deps) -> None:
     except asyncio.CancelledError:
         await asyncio.shield(_return_to_queue(delivery, report))
         raise
+    except SettleFailed as exc:  # lost while being leased: the broker delivers it again
+        log.warning("delivery_lost", reason=str(exc))
     except Exception as exc:  # a bug of ours must not kill the node or lose the task
         log.exception("internal_error")
         internal = ExecutionCrashed(f"internal error in the node: {exc!r}")
@@ -118,6 +147,7 @@ async def _run_stage(
         raise DownloadFailed(f"cannot download {task.file_path}: {exc}") from exc
     await asyncio.to_thread(safe_unpack, space.archive, space.files, deps.limits)
     report.log(Event.DOWNLOADED, f"downloaded and unpacked {task.file_path}")
+    await _lease_if_long(task, delivery, deps, report)
 
     report.log(Event.EXECUTION_STARTED, f"executor {executor.name} started")
     result = await _execute(executor, space.files, stage, task.timeout)
@@ -158,6 +188,22 @@ async def _run_stage(
     finally:
         await notices
     report.log(Event.FORWARDED, f"forwarded to {target}", target=hop.wire())
+
+
+async def _lease_if_long(task: Task, delivery: Delivery, deps: Deps, report: Reporter) -> None:
+    """Lease a task that may outlast the broker's consumer timeout (see `Delivery.detach`)."""
+    seconds = deps.ack_timeout.lease_for(task.timeout)
+    if seconds is None:
+        return
+    limit = f"{deps.ack_timeout.seconds:g} s"
+    if await delivery.detach(seconds):
+        report.log(
+            Event.LEASED,
+            f"may run past the broker's consumer timeout ({limit}): leased for {seconds:g} s",
+            leaseSeconds=seconds,
+        )
+    else:  # the task goes on; should it outlast the timeout, the broker hands it out again
+        log.warning("running_unleased", task_id=task.task_id, consumer_timeout=limit)
 
 
 async def _execute(

@@ -5,6 +5,11 @@ Shutdown: stop taking deliveries, give in-flight tasks `ULOS_SHUTDOWN_GRACE` sec
 cancel what remains (the lifecycle hands those back to the queue). Deliveries still waiting
 for a free slot were never started; cancelling them leaves them unsettled, and the broker
 returns them to the queue when the connection closes.
+
+Metrics (`ulos_py.metrics`) watch from outside: the lifecycle's notices through
+`Deps.observe`, the pool's size, and the broker connection's callbacks; with
+`ULOS_METRICS_PORT` they are served with the node's health, which is healthy only while
+connected and consuming.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from ulos_py.errors import ConfigError
 from ulos_py.execution.docker import DockerExecutor
 from ulos_py.execution.docker_spec import DockerExecutorSpec
 from ulos_py.execution.registry import load_registry
-from ulos_py.lifecycle import Deps, process
+from ulos_py.lifecycle import AckTimeout, Deps, process
+from ulos_py.metrics import MetricsServer, NodeMetrics
 from ulos_py.ports import Delivery
-from ulos_py.reporting import NoticeRoutes
+from ulos_py.reporting import NoticeRoutes, no_observer
 from ulos_py.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -70,16 +76,27 @@ class TaskPool:
 async def run_node(settings: Settings, stop: asyncio.Event) -> None:
     """Consume until `stop` is set, then shut down within the grace period."""
     limits = ArchiveLimits(settings.archive_max_entries, settings.archive_max_bytes)
+    metrics = NodeMetrics(settings.node_id, settings.consumption_queue)
+    server: MetricsServer | None = None
     # Threads are made on first use: a node with built-in executors only never starts one.
     engine = DockerEngine(threads=settings.concurrency + 4)
     try:
-        await _serve(settings, stop, engine, limits)
+        if settings.metrics_port:  # before the broker: waiting for it is unhealthy, and says so
+            server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
+            log.info("metrics_serving", host=settings.metrics_host, port=server.port)
+        await _serve(settings, stop, engine, limits, metrics)
     finally:
         engine.close()
+        if server is not None:
+            await asyncio.to_thread(server.close)
 
 
 async def _serve(
-    settings: Settings, stop: asyncio.Event, engine: DockerEngine, limits: ArchiveLimits
+    settings: Settings,
+    stop: asyncio.Event,
+    engine: DockerEngine,
+    limits: ArchiveLimits,
+    metrics: NodeMetrics,
 ) -> None:
     def docker_executor(spec: DockerExecutorSpec) -> DockerExecutor:
         return DockerExecutor(spec, engine, settings.node_id, limits)
@@ -90,6 +107,8 @@ async def _serve(
     )
     if connection is None:
         return
+    metrics.set_connected(True)
+    unwatch = rabbitmq.watch_connection(connection, metrics.connection_changed)
     storage = FtpStorage(
         FtpAddress.of(settings),
         connections=settings.storage_connections,
@@ -121,17 +140,28 @@ async def _serve(
             limits=limits,
             requeue_on_reject=settings.requeue_on_reject,
             max_deliveries=settings.max_deliveries,
+            ack_timeout=AckTimeout(settings.broker_consumer_timeout, settings.lease_margin),
+            # about 30 µs a task: paid only when someone can scrape the result
+            observe=metrics.observer if settings.metrics_port else no_observer,
         )
         pool = TaskPool(settings.concurrency, deps)
-        stop_consuming = await rabbitmq.consume(queue, publisher, pool.submit)
+        metrics.count_in_flight(lambda: pool.in_flight)
+        stop_consuming = await rabbitmq.consume(
+            queue, publisher, pool.submit, prefetch=settings.prefetch_count
+        )
+        metrics.set_consuming(True)
         log.info("consuming", queue=settings.consumption_queue, concurrency=settings.concurrency)
         await stop.wait()
         log.info("stopping", in_flight=pool.in_flight)
+        metrics.set_consuming(False)
         await stop_consuming()
         await pool.drain(settings.shutdown_grace)
     finally:
+        metrics.set_consuming(False)
+        unwatch()
         await storage.close()
         await connection.close()
+        metrics.set_connected(False)
     log.info("stopped")
 
 

@@ -25,6 +25,8 @@ class Event(StrEnum):
     """A delivery was taken and parsed."""
     DOWNLOADED = "downloaded"
     """The zip is on the node and unpacked."""
+    LEASED = "leased"
+    """The task may outlast the broker's consumer timeout: a lease holds it while it runs."""
     EXECUTION_STARTED = "execution_started"
     """The executor got the working directory."""
     EXECUTION_FINISHED = "execution_finished"

@@ -42,6 +42,17 @@ class Delivery(Protocol):
         this delivery is acked; raises SettleFailed. A plain requeue cannot be counted on a
         classic queue, and a task that crashes every time would loop for ever."""
 
+    async def detach(self, seconds: float) -> bool:
+        """Take the task off the broker's delivery-acknowledgement clock, for a task that may
+        run longer than the broker's consumer timeout (which would close the channel under it
+        and hand it to another node while it still runs).
+
+        The task is then held by a lease of `seconds`: if the node dies, the broker gives the
+        task back to its queue when the lease runs out; while the node lives, `ack`, `reject`
+        and `requeue_counted` settle the lease as they would the delivery. False when no
+        lease could be taken (the delivery is as it was); raises SettleFailed when the
+        delivery was lost meanwhile (the broker delivers it again: the task must stop)."""
+
 
 @dataclass(frozen=True)
 class Envelope:

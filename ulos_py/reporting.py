@@ -3,13 +3,17 @@
 Each notice is sent at once and its confirm collected; `flush` waits for all of them, so the
 lifecycle pays one round trip per batch rather than one per notice. A notice the broker
 refuses is written to the node's own log as an error: never dropped without a word.
+
+Each log notice is also shown to the delivery's `NoticeObserver` as it is sent: the node's
+metrics are derived from the notices (see `ulos_py.metrics`), so the lifecycle has none.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -31,13 +35,35 @@ class NoticeRoutes:
     crash_routing_key: str
 
 
+class NoticeObserver(Protocol):
+    """Sees each log notice of one delivery when it is sent (crashes as their `crashed` log)."""
+
+    def __call__(self, notice: Mapping[str, Any]) -> None: ...
+
+
+def no_observer() -> NoticeObserver:
+    """The default `Deps.observe`: nobody watches."""
+    return _ignore
+
+
+def _ignore(notice: Mapping[str, Any]) -> None:
+    pass
+
+
 class Reporter:
     """The notices of one delivery."""
 
-    def __init__(self, publisher: Publisher, routes: NoticeRoutes, context: NoticeContext) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        routes: NoticeRoutes,
+        context: NoticeContext,
+        observer: NoticeObserver = _ignore,
+    ) -> None:
         self._publisher = publisher
         self._routes = routes
         self.context = context
+        self._observer = observer
         self._pending: list[asyncio.Task[None]] = []
 
     def known(self, received: dict[str, Any], stage: RoutingNode | None) -> None:
@@ -47,6 +73,10 @@ class Reporter:
     def log(self, event: Event, message: str, **fields: Any) -> None:
         body = log_notice(self.context, event, message, **fields)
         self._send(self._routes.logs_exchange, self._routes.logs_routing_key, body)
+        try:
+            self._observer(body)
+        except Exception:  # metrics are never worth a task
+            log.exception("notice_observer_failed", event_name=event.value)
 
     def crash(self, crash: TaskCrash, retry: Retry | None = None) -> None:
         body = crash_notice(self.context, crash, retry)

@@ -9,17 +9,71 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, FilePath, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ulos_py.errors import ConfigError
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+OptionalPort = Annotated[
+    int, BeforeValidator(lambda value: 0 if value == "" else value), Field(ge=0, le=65535)
+]
+"""A port, or 0 (or an empty value) for "off"."""
+OptionalFile = Annotated[FilePath | None, BeforeValidator(lambda value: value or None)]
+"""An existing file, or nothing (an empty value too)."""
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS towards one server: whose certificates to trust, whether to check them (chain and
+    host name), and the client's own certificate if the server asks for one.
+
+    `variable` is the switch's name (MESSAGE_BROKER_TLS), so errors name the bad file's.
+    """
+
+    variable: str
+    ca_file: Path | None = None
+    verify: bool = True
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context; ConfigError names the variable whose file is unusable."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except OSError as exc:  # ssl.SSLError too
+            raise ConfigError(
+                f"{self.variable}_CA_FILE: {self.ca_file} holds no usable PEM CA certificate "
+                f"({_reason(exc)})"
+            ) from exc
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError(f"{self.variable}_KEY_FILE: set without {self.variable}_CERT_FILE")
+        if self.cert_file is not None:
+            try:
+                # No passphrase: an encrypted key fails here instead of prompting on a tty.
+                context.load_cert_chain(self.cert_file, self.key_file, password=lambda: b"")
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.variable}_CERT_FILE: {self.cert_file} and its unencrypted key "
+                    f"({self.variable}_KEY_FILE, or the same file) do not load ({_reason(exc)})"
+                ) from exc
+        return context
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return exc.strerror or str(exc)
 
 
 class ConnectionSettings(BaseSettings):
@@ -37,6 +91,61 @@ class ConnectionSettings(BaseSettings):
     storage_port: Port = Field(21, alias="REMOTE_STORAGE_PORT")
     storage_username: str = Field("anonymous", alias="REMOTE_STORAGE_USERNAME")
     storage_password: SecretStr = Field(SecretStr(""), alias="REMOTE_STORAGE_PASSWORD")
+    broker_tls: bool = Field(False, alias="MESSAGE_BROKER_TLS")
+    broker_tls_ca_file: OptionalFile = Field(None, alias="MESSAGE_BROKER_TLS_CA_FILE")
+    broker_tls_verify: bool = Field(True, alias="MESSAGE_BROKER_TLS_VERIFY")
+    broker_tls_cert_file: OptionalFile = Field(None, alias="MESSAGE_BROKER_TLS_CERT_FILE")
+    broker_tls_key_file: OptionalFile = Field(None, alias="MESSAGE_BROKER_TLS_KEY_FILE")
+    storage_tls: bool = Field(False, alias="REMOTE_STORAGE_TLS")
+    storage_tls_ca_file: OptionalFile = Field(None, alias="REMOTE_STORAGE_TLS_CA_FILE")
+    storage_tls_verify: bool = Field(True, alias="REMOTE_STORAGE_TLS_VERIFY")
+
+    @property
+    def broker_tls_options(self) -> TlsOptions | None:
+        """How to speak AMQPS to the broker; None for plain AMQP."""
+        if not self.broker_tls:
+            return None
+        return TlsOptions(
+            "MESSAGE_BROKER_TLS",
+            self.broker_tls_ca_file,
+            self.broker_tls_verify,
+            self.broker_tls_cert_file,
+            self.broker_tls_key_file,
+        )
+
+    @property
+    def storage_tls_options(self) -> TlsOptions | None:
+        """How to speak explicit FTPS to the storage; None for plain FTP."""
+        if not self.storage_tls:
+            return None
+        return TlsOptions("REMOTE_STORAGE_TLS", self.storage_tls_ca_file, self.storage_tls_verify)
+
+    @model_validator(mode="after")
+    def _tls_usable(self) -> Self:
+        """TLS files load now, so a bad one stops the start; a file set while its TLS is off
+        is refused, since the operator meant TLS and would silently get plain text."""
+        for switch, on, files in (
+            (
+                "MESSAGE_BROKER_TLS",
+                self.broker_tls,
+                {
+                    "CA_FILE": self.broker_tls_ca_file,
+                    "CERT_FILE": self.broker_tls_cert_file,
+                    "KEY_FILE": self.broker_tls_key_file,
+                },
+            ),
+            ("REMOTE_STORAGE_TLS", self.storage_tls, {"CA_FILE": self.storage_tls_ca_file}),
+        ):
+            for suffix, path in files.items():
+                if path is not None and not on:
+                    raise ConfigError(
+                        f"{switch}_{suffix}: set, but {switch} is not true (set {switch}=true "
+                        "to use TLS, or leave the file out)"
+                    )
+        for options in (self.broker_tls_options, self.storage_tls_options):
+            if options is not None:
+                options.context()
+        return self
 
 
 def usable_cores() -> int:
@@ -75,6 +184,15 @@ class Settings(ConnectionSettings):
     archive_max_entries: PositiveInt = Field(10_000, alias="ULOS_ARCHIVE_MAX_ENTRIES")
     log_format: Literal["auto", "console", "json"] = Field("auto", alias="ULOS_LOG_FORMAT")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="ULOS_LOG_LEVEL")
+    metrics_port: OptionalPort = Field(0, alias="ULOS_METRICS_PORT")
+    metrics_host: str = Field("127.0.0.1", alias="ULOS_METRICS_HOST")
+    broker_consumer_timeout: Annotated[float, Field(ge=0)] = Field(
+        1800.0, alias="ULOS_BROKER_CONSUMER_TIMEOUT"
+    )
+    """Seconds the broker lets a delivery go unacknowledged (RabbitMQ's `consumer_timeout`,
+    30 min by default; 0: none). A task that may run longer is leased (see the README)."""
+    lease_margin: Annotated[float, Field(ge=0)] = Field(300.0, alias="ULOS_LEASE_MARGIN")
+    """Seconds a task needs besides its execution (download, upload, forward)."""
 
     @property
     def node_id(self) -> str:

@@ -12,6 +12,9 @@ each worker's prefetch. The supervisor only starts, watches and stops them:
 - SIGTERM/SIGINT is passed to every worker, which drains within `ULOS_SHUTDOWN_GRACE`;
   a worker still there `KILL_MARGIN` seconds after that is killed;
 - a worker whose supervisor disappears (SIGKILL) gets SIGTERM from the kernel and drains.
+
+With `ULOS_METRICS_PORT=P`, worker i serves its own metrics and health on port P + i - 1
+(each process counts only its own tasks; Prometheus adds them up).
 """
 
 from __future__ import annotations
@@ -43,14 +46,28 @@ YOUNG = 10.0
 MAX_BACKOFF = 30.0
 CONFIG_ERROR = 2
 PR_SET_PDEATHSIG = 1
+MAX_PORT = 65535
 
 
 def worker_settings(settings: Settings, index: int, pid: int) -> Settings:
-    """Each process its own node id: the default names its pid; a set one gets /w<i>:<pid>."""
-    if settings.configured_node_id is None:
-        return settings
-    worker_id = f"{settings.configured_node_id}/w{index}:{pid}"
-    return settings.model_copy(update={"configured_node_id": worker_id})
+    """Each process its own node id (the default names its pid; a set one gets /w<i>:<pid>)
+    and its own metrics port (worker i: ULOS_METRICS_PORT + i - 1)."""
+    update: dict[str, object] = {}
+    if settings.configured_node_id is not None:
+        update["configured_node_id"] = f"{settings.configured_node_id}/w{index}:{pid}"
+    if settings.metrics_port:
+        update["metrics_port"] = settings.metrics_port + index - 1
+    return settings.model_copy(update=update) if update else settings
+
+
+def check_metrics_ports(settings: Settings) -> None:
+    """The workers' metrics ports must all exist: ConfigError names the variable."""
+    last = settings.metrics_port + settings.processes - 1
+    if settings.metrics_port and last > MAX_PORT:
+        raise ConfigError(
+            f"ULOS_METRICS_PORT: {settings.processes} worker processes need ports "
+            f"{settings.metrics_port} to {last}, past {MAX_PORT}"
+        )
 
 
 def worker_main(settings: Settings, index: int, supervisor_pid: int) -> None:
@@ -171,4 +188,5 @@ class Supervisor:
 
 
 def run_supervised(settings: Settings) -> int:
+    check_metrics_ports(settings)
     return Supervisor(settings).run()

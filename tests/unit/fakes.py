@@ -44,6 +44,7 @@ class FakeDelivery:
         settle_fails: bool = False,
         journal: list[str] | None = None,
         delivery_count: int | None = None,
+        lease: bool | None = True,
     ) -> None:
         self.body = body
         # as the broker adapter counts: a redelivery without our header is the second
@@ -56,6 +57,9 @@ class FakeDelivery:
         self.requeue: bool | None = None
         self.settle_attempts = 0
         self._journal = journal if journal is not None else []
+        self.lease = lease
+        """What `detach` does: True takes the lease, False is refused, None loses the delivery."""
+        self.leased: float | None = None
 
     @property
     def settled(self) -> bool:
@@ -83,6 +87,17 @@ class FakeDelivery:
         self._attempt("requeue_counted")
         self.rejected = True
         self.requeue = True
+
+    async def detach(self, seconds: float) -> bool:
+        """Not a settle: the lease is settled later by ack or reject, exactly once."""
+        if self.leased is not None or self.settled:
+            raise AssertionError("detach after a lease or a settle")
+        self._journal.append(f"detach {seconds:g}")
+        if self.lease is None:
+            raise SettleFailed("channel closed while leasing")
+        if self.lease:
+            self.leased = seconds
+        return self.lease
 
 
 class FakePublisher:

@@ -8,6 +8,12 @@ The engine is found the way the `docker` CLI finds it (`DOCKER_HOST`, `DOCKER_TL
 `DOCKER_CERT_PATH`), and files travel through the archive API, so it may be on another host.
 The client is made on first use and again after the engine went away, so a node started
 before its engine, or outliving a restart of it, picks up by itself.
+
+A container the engine did not answer for when it was to be removed (the engine went away
+mid-execution) is a left-over: it is remembered, and removed as soon as the engine answers
+again: at once after the next call that gets an answer, and every `sweep_interval` seconds
+by a background sweeper the engine owns (stopped by `close`). Containers are created under
+a name of ours, so one whose create went out but whose answer was lost is found too.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -24,15 +31,22 @@ from typing import Any, BinaryIO, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
+import structlog
 from docker.types import LogConfig
 
 from ulos_py.errors import EngineUnavailable, ExecutionCrashed, ImageMissing
 from ulos_py.ports import ContainerExit, ContainerSpec
 
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
 LABEL = "ulos-py"
 """Every container we create carries this label (plus node and stage ones), to find leaks."""
 IN_MEMORY_TAR = 8 << 20
+SWEEP_INTERVAL = 2.0
+"""Seconds between attempts to remove left-over containers while the engine is away."""
+SWEEP_ATTEMPTS = 10
+"""Answers refusing a left-over's removal (not silence) before it is given up, with an error."""
 
 
 def engine_url() -> str:
@@ -59,22 +73,32 @@ def translated(doing: str, image: str | None = None) -> Iterator[None]:
         ) from exc
 
 
+def client_from_env(threads: int) -> docker.APIClient:
+    """A client for the engine the `docker` CLI would use, pooling `threads` connections."""
+    params = docker.utils.kwargs_from_env()
+    return docker.APIClient(version="auto", max_pool_size=threads, **params)
+
+
 class DockerEngine:
     """One engine connection pool per node process, shared by all its tasks."""
 
-    def __init__(self, threads: int = 32) -> None:
+    def __init__(
+        self,
+        threads: int = 32,
+        sweep_interval: float = SWEEP_INTERVAL,
+        connect: Callable[[int], docker.APIClient] = client_from_env,
+    ) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="docker")
         self._threads = threads
+        self._connect = connect
         self._client: docker.APIClient | None = None
         self._client_lock = threading.Lock()
+        self._leftovers = _Leftovers(sweep_interval)
 
     def _api(self) -> docker.APIClient:
         with self._client_lock:
             if self._client is None:
-                params = docker.utils.kwargs_from_env()
-                self._client = docker.APIClient(
-                    version="auto", max_pool_size=self._threads, **params
-                )
+                self._client = self._connect(self._threads)
             return self._client
 
     def _forget_client(self) -> None:
@@ -84,8 +108,16 @@ class DockerEngine:
     async def call(
         self, doing: str, fn: Callable[..., T], *args: Any, image: str | None = None, **kw: Any
     ) -> T:
-        """Run a blocking docker-py call on our pool with our errors."""
+        """Run a blocking docker-py call on our pool with our errors.
 
+        An answer means the engine is there: left-over containers are swept at once."""
+        result = await self._call(doing, fn, *args, image=image, **kw)
+        self._leftovers.engine_answered()
+        return result
+
+    async def _call(
+        self, doing: str, fn: Callable[..., T], *args: Any, image: str | None = None, **kw: Any
+    ) -> T:
         def blocking() -> T:
             with translated(doing, image):
                 try:
@@ -98,14 +130,20 @@ class DockerEngine:
 
     @asynccontextmanager
     async def container(self, spec: ContainerSpec) -> AsyncIterator[DockerContainer]:
-        """A created container, killed and removed on every way out, cancellation included."""
+        """A created container, killed and removed on every way out, cancellation included.
+
+        If the engine does not answer the removal, the container is removed when it does."""
+        name = f"{LABEL}-{uuid.uuid4().hex}"
         creating = asyncio.ensure_future(
-            self.call("creating the container", _create, spec, image=spec.image)
+            self.call("creating the container", _create, spec, name, image=spec.image)
         )
         try:
             container_id = await asyncio.shield(creating)
         except asyncio.CancelledError:
-            await _to_the_end(self._discard(creating))
+            await _to_the_end(self._discard(creating, name))
+            raise
+        except EngineUnavailable:
+            self._leftover(name)  # the create may have gone out and only its answer be lost
             raise
         try:
             yield DockerContainer(self, container_id, spec)
@@ -113,12 +151,35 @@ class DockerEngine:
             await _to_the_end(self._remove(container_id))
 
     async def _remove(self, container_id: str) -> None:
-        await self.call("removing the container", _remove, container_id)
+        try:
+            await self.call("removing the container", _remove, container_id)
+        except EngineUnavailable:
+            self._leftover(container_id)
+            raise
 
-    async def _discard(self, creating: asyncio.Future[str]) -> None:
+    async def _discard(self, creating: asyncio.Future[str], name: str) -> None:
         """A create cancelled mid-way may still finish in its thread: remove what it made."""
+        try:
+            container_id = await creating
+        except EngineUnavailable:
+            self._leftover(name)
+            return
+        except ExecutionCrashed:
+            return
         with suppress(ExecutionCrashed):
-            await self._remove(await creating)
+            await self._remove(container_id)
+
+    def _leftover(self, container: str) -> None:
+        self._leftovers.add(container, self._sweep)
+
+    async def _sweep(self, container: str) -> bool:
+        """Remove one left-over; False if it was already gone."""
+        return await self._call("removing a left-over container", _remove_leftover, container)
+
+    @property
+    def leftovers(self) -> frozenset[str]:
+        """Containers (ids or names) whose removal awaits the engine's return."""
+        return self._leftovers.pending
 
     async def image_exists(self, image: str) -> bool:
         def exists(api: docker.APIClient) -> bool:
@@ -131,9 +192,88 @@ class DockerEngine:
         return await self.call(f"looking for image {image!r}", exists)
 
     def close(self) -> None:
+        self._leftovers.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
+
+
+class _Leftovers:
+    """Containers to remove once the engine answers again, and the sweeper that does it.
+
+    Lives on the event loop: `add` starts the sweeper, which tries every `interval` seconds
+    (sooner when the engine answered another call) and ends when nothing is left.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._refusals: dict[str, int] = {}
+        self._wake: asyncio.Event | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> frozenset[str]:
+        return frozenset(self._refusals)
+
+    def add(self, container: str, remove: Callable[[str], Awaitable[bool]]) -> None:
+        if container not in self._refusals:
+            self._refusals[container] = 0
+            log.warning(
+                "container_removal_pending", container=container, retry_every=self._interval
+            )
+        if self._sweeper is None or self._sweeper.done():
+            self._wake = asyncio.Event()
+            self._sweeper = asyncio.create_task(self._sweep_until_clean(remove, self._wake))
+
+    def engine_answered(self) -> None:
+        if self._wake is not None and self._refusals:
+            self._wake.set()
+
+    async def _sweep_until_clean(
+        self, remove: Callable[[str], Awaitable[bool]], wake: asyncio.Event
+    ) -> None:
+        while self._refusals:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._interval)
+            wake.clear()
+            await self._sweep(remove)
+
+    async def _sweep(self, remove: Callable[[str], Awaitable[bool]]) -> None:
+        for container in list(self._refusals):
+            try:
+                existed = await remove(container)
+            except EngineUnavailable:
+                return  # still away: all of them wait for the next round
+            except ExecutionCrashed as exc:  # the engine answered, but no
+                self._refused(container, exc)
+                continue
+            del self._refusals[container]
+            if existed:
+                log.info("leftover_container_removed", container=container)
+
+    def _refused(self, container: str, exc: ExecutionCrashed) -> None:
+        self._refusals[container] += 1
+        if self._refusals[container] < SWEEP_ATTEMPTS:
+            log.warning("leftover_container_not_removed", container=container, reason=str(exc))
+            return
+        del self._refusals[container]
+        log.error(
+            "leftover_container_given_up",
+            container=container,
+            reason=str(exc),
+            hint=f"remove it by hand: docker rm -f {container}",
+        )
+
+    def stop(self) -> None:
+        """Stop sweeping (the node is closing); say which containers are left behind."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._refusals:
+            log.warning(
+                "containers_left_behind",
+                containers=sorted(self._refusals),
+                hint="the engine did not answer; remove them with docker rm -f",
+            )
 
 
 @dataclass(frozen=True)
@@ -168,7 +308,7 @@ class DockerContainer:
 # Blocking docker-py calls, run on the engine's pool.
 
 
-def _create(api: docker.APIClient, spec: ContainerSpec) -> str:
+def _create(api: docker.APIClient, spec: ContainerSpec, name: str) -> str:
     host_config = api.create_host_config(
         network_mode="bridge" if spec.network else "none",
         mem_limit=spec.memory_bytes,
@@ -183,6 +323,7 @@ def _create(api: docker.APIClient, spec: ContainerSpec) -> str:
     )
     created = api.create_container(
         spec.image,
+        name=name,
         command=spec.command,
         user=spec.user,
         environment=spec.environment,
@@ -197,6 +338,14 @@ def _create(api: docker.APIClient, spec: ContainerSpec) -> str:
 def _remove(api: docker.APIClient, container_id: str) -> None:
     with suppress(docker.errors.NotFound):  # already gone is what we wanted
         api.remove_container(container_id, force=True)
+
+
+def _remove_leftover(api: docker.APIClient, container: str) -> bool:
+    try:
+        api.remove_container(container, force=True)
+    except docker.errors.NotFound:
+        return False
+    return True
 
 
 def _put(api: docker.APIClient, container_id: str, directory: str, tar: BinaryIO) -> None:

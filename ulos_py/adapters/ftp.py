@@ -8,16 +8,23 @@ that is renamed over the target, so a reader never sees half a zip.
 Files stream between disk and socket in blocks, so memory does not grow with the zip. Disk
 writes and reads of a MiB go to a thread; a small task zip (one block) is written inline,
 where a thread hop would cost more than the page-cache copy it avoids.
+
+With REMOTE_STORAGE_TLS each connection is explicit FTPS, all by aioftp: `upgrade_to_tls`
+sends AUTH TLS before the login (so the password only travels encrypted), then PBSZ 0 and
+PROT P, and aioftp opens every passive data connection with TLS too, resuming the control
+connection's session. A certificate we do not trust is final (no retry); no message names
+the password (aioftp itself logs PASS as stars).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -25,7 +32,7 @@ import aioftp
 import structlog
 
 from ulos_py.errors import StorageError, StorageRefused, StorageUnavailable
-from ulos_py.settings import ConnectionSettings
+from ulos_py.settings import ConnectionSettings, TlsOptions
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +40,7 @@ CHUNK = 1 << 16
 FILE_BLOCK = 1 << 20
 """Disk I/O unit for large files: big enough that a thread hop per block is cheap."""
 TIMEOUT = 30.0
+CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,9 @@ class FtpAddress:
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)
+    tls: TlsOptions | None = None
+    """Explicit FTPS when set."""
 
     @classmethod
     def of(cls, settings: ConnectionSettings) -> FtpAddress:
@@ -49,6 +59,7 @@ class FtpAddress:
             settings.storage_port,
             settings.storage_username,
             settings.storage_password.get_secret_value(),
+            settings.storage_tls_options,
         )
 
 
@@ -69,14 +80,24 @@ async def _read_block(source: BinaryIO) -> bytes:
     return await asyncio.to_thread(source.read, FILE_BLOCK)
 
 
+def _answer(exc: aioftp.StatusCodeError) -> str:
+    codes = ", ".join(sorted({str(code) for code in exc.received_codes}))
+    message = " ".join(str(line) for line in exc.info).strip() or str(exc)
+    return f"{codes} {message}"
+
+
 def _translate(exc: Exception, what: str) -> StorageError:
     if isinstance(exc, aioftp.StatusCodeError):
-        codes = {str(code) for code in exc.received_codes}
-        message = " ".join(str(line) for line in exc.info).strip() or str(exc)
-        text = f"{what}: server answered {', '.join(sorted(codes))} {message}"
-        if any(code.startswith("4") for code in codes):
+        text = f"{what}: server answered {_answer(exc)}"
+        if any(str(code).startswith("4") for code in exc.received_codes):
             return StorageUnavailable(text)
         return StorageRefused(text)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return StorageRefused(
+            f"{what}: the FTP server showed a certificate that is not trusted "
+            f"({exc.verify_message}): check REMOTE_STORAGE_TLS_CA_FILE (the CA that signed it), "
+            "REMOTE_STORAGE_HOST (a name the certificate holds) or REMOTE_STORAGE_TLS_VERIFY"
+        )
     return StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
 
 
@@ -96,6 +117,13 @@ class _Client(aioftp.Client):
             self._data_writer.close()
         super().close()
 
+    async def close_and_wait(self) -> None:
+        """Close, and wait until the socket is closed: a TLS connection says goodbye first,
+        and a loop that ends before that leaks the socket."""
+        self.close()
+        with suppress(ConnectionError, TimeoutError, ssl.SSLError):
+            await asyncio.wait_for(self.stream.writer.wait_closed(), CLOSE_TIMEOUT)
+
 
 @dataclass(frozen=True)
 class RemoteEntry:
@@ -111,19 +139,33 @@ class FtpStorage:
 
     def __init__(self, address: FtpAddress, connections: int, retry: RetryPolicy) -> None:
         self._address = address
+        self._tls = address.tls.context() if address.tls is not None else None
         self._retry = retry
         self._slots = asyncio.Semaphore(connections)
-        self._idle: list[aioftp.Client] = []
+        self._idle: list[_Client] = []
 
-    async def _connect(self) -> aioftp.Client:
+    async def _connect(self) -> _Client:
         client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT)
         try:
             await client.connect(self._address.host, self._address.port)
+            if self._tls is not None:
+                await self._upgrade(client, self._tls)
             await client.login(self._address.username, self._address.password)
         except BaseException:
             client.close()
             raise
         return client
+
+    async def _upgrade(self, client: aioftp.Client, context: ssl.SSLContext) -> None:
+        """AUTH TLS, then PBSZ 0 and PROT P, before the login."""
+        try:
+            await client.upgrade_to_tls(context)
+        except aioftp.StatusCodeError as exc:
+            where = f"{self._address.host}:{self._address.port}"
+            raise StorageRefused(
+                f"the FTP server at {where} refused explicit TLS (AUTH TLS, PROT P): "
+                f"it answered {_answer(exc)}; check REMOTE_STORAGE_TLS"
+            ) from exc
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[aioftp.Client]:
@@ -214,5 +256,4 @@ class FtpStorage:
     async def close(self) -> None:
         """Close every idle connection (in-flight ones close when their transfer ends)."""
         idle, self._idle = self._idle, []
-        for client in idle:
-            client.close()
+        await asyncio.gather(*(client.close_and_wait() for client in idle))
