@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from contextlib import suppress
 from typing import Any
@@ -153,6 +155,26 @@ def on_back(_: object) -> None:
 
 
 async def follow(args: argparse.Namespace) -> int:
+    """Follow until done, or until Ctrl-C / SIGTERM."""
+    # asyncio.run turns Ctrl-C into a cancellation, which a consumer being restored after a
+    # reconnect can swallow; an explicit stop event always ends the script.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    following = asyncio.ensure_future(_follow(args))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if following.done():
+        stopping.cancel()
+        return following.result()
+    following.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await following
+    raise KeyboardInterrupt
+
+
+async def _follow(args: argparse.Namespace) -> int:
     # connect_robust: if the connection drops, aio-pika reconnects by itself and declares
     # the queue, its bindings and the consumer again, so following goes on.
     connection = await aio_pika.connect_robust(

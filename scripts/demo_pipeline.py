@@ -238,6 +238,27 @@ def report(journeys: dict[str, Journey]) -> bool:
     return not bad
 
 
+async def finished_unless_interrupted(watcher: asyncio.Task[None]) -> bool:
+    """Wait for the watcher; False on Ctrl-C or SIGTERM.
+
+    asyncio.run turns Ctrl-C into a cancellation, which the broker client may swallow; an
+    explicit handler makes Ctrl-C always stop the run (and every process it started).
+    """
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted.set)
+    waiting = asyncio.ensure_future(interrupted.wait())
+    await asyncio.wait({watcher, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if watcher.done():
+        watcher.result()
+        return True
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    return False
+
+
 async def main() -> int:
     expected = tomllib.loads((MESSAGES / "expected.toml").read_text())
     journeys = {
@@ -253,7 +274,9 @@ async def main() -> int:
         upload_submissions(journeys)
         publish_all(list(journeys))
         print("==> following the notices (task, stage, event, message)")
-        await watcher
+        if not await finished_unless_interrupted(watcher):
+            print("==> interrupted")
+            return 130
         return 0 if report(journeys) else 1
     finally:
         print("==> stopping every process this run started")
