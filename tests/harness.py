@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -197,3 +198,28 @@ async def running_node(settings: Settings) -> AsyncIterator[asyncio.Event]:
     finally:
         stop.set()
         await asyncio.wait_for(runner, 30)
+
+
+def close_connection_named(name: str) -> int:
+    """Close only the broker connections with this client-given name (others share the
+    broker: closing every connection would break them)."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    closed = 0
+    for line in listed.stdout.splitlines():
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in properties:
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "test: connection loss"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            closed += 1
+    return closed

@@ -13,7 +13,15 @@ import pytest
 
 from tests.conftest import Broker, FtpServer, Names
 from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.harness import Pipeline, make_zip, node_values, pipeline, stage, task
+from tests.harness import (
+    Pipeline,
+    close_connection_named,
+    make_zip,
+    node_values,
+    pipeline,
+    stage,
+    task,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -26,31 +34,6 @@ async def line(names: Names, amqp):  # type: ignore[no-untyped-def]
 
 def env_for(names: Names, broker: Broker, ftp: FtpServer, tmp_path: Path, **extra: object) -> dict:
     return settings_env(node_values(names, broker, ftp, tmp_path / "work", **extra))
-
-
-def close_connection_named(name: str) -> int:
-    """Close only the broker connections with this client-given name (others share the
-    broker: closing every connection would break them)."""
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    closed = 0
-    for line in listed.stdout.splitlines():
-        pid, _, properties = line.partition("\t")
-        if f'{{"connection_name","{name}"}}' in properties:
-            subprocess.run(
-                ["rabbitmqctl", "close_connection", pid, "test: connection loss"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            closed += 1
-    return closed
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,14 @@ from aio_pika.abc import AbstractRobustConnection
 
 from tests.conftest import Broker, FtpServer, Names
 from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.harness import Pipeline, make_zip, node_values, pipeline, zip_names
+from tests.harness import (
+    Pipeline,
+    close_connection_named,
+    make_zip,
+    node_values,
+    pipeline,
+    zip_names,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -337,30 +344,6 @@ async def test_follower_reconnects_after_connection_loss(
     assert await follower.exit_code() == 130
     assert "Traceback" not in follower.stderr
     assert "lost the broker" in follower.stderr
-
-
-def close_connection_named(name: str) -> int:
-    """Close only the broker connections with this client-given name."""
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    pids = [
-        row.partition("\t")[0]
-        for row in listed.stdout.splitlines()
-        if f'{{"connection_name","{name}"}}' in row
-    ]
-    for pid in pids:
-        subprocess.run(
-            ["rabbitmqctl", "close_connection", pid, "test: connection loss"],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-    return len(pids)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -19,9 +19,9 @@ import pytest
 
 from tests.conftest import Broker, FtpServer, Names
 from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.e2e.test_node_process import close_connection_named
 from tests.harness import (
     Pipeline,
+    close_connection_named,
     make_zip,
     node_settings,
     node_values,

@@ -18,8 +18,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.test_node_process import close_connection_named
-from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
+from tests.harness import (
+    Pipeline,
+    close_connection_named,
+    make_zip,
+    node_settings,
+    pipeline,
+    running_node,
+    stage,
+    task,
+)
 
 pytestmark = pytest.mark.timeout(90)
 

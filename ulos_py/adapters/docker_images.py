@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from ulos_py.adapters.docker_engine import LABEL, engine_url, translated
+from ulos_py.adapters.docker_engine import LABEL, client_from_env, engine_url, translated
 from ulos_py.errors import ExecutionCrashed
 
 Progress = Callable[[str], None]
@@ -21,7 +21,7 @@ Progress = Callable[[str], None]
 class DockerImages:
     def __init__(self) -> None:
         with translated("connecting to the Docker engine"):
-            self._api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+            self._api = client_from_env(threads=1)
 
     @property
     def where(self) -> str:
