@@ -238,8 +238,8 @@ def report(journeys: dict[str, Journey]) -> bool:
     return not bad
 
 
-async def finished_unless_interrupted(watcher: asyncio.Task[None]) -> bool:
-    """Wait for the watcher; False on Ctrl-C or SIGTERM.
+def catch_interrupts() -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM, installed before anything starts.
 
     asyncio.run turns Ctrl-C into a cancellation, which the broker client may swallow; an
     explicit handler makes Ctrl-C always stop the run (and every process it started).
@@ -248,6 +248,17 @@ async def finished_unless_interrupted(watcher: asyncio.Task[None]) -> bool:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupted.set)
+    return interrupted
+
+
+async def finished_unless_interrupted(
+    watcher: asyncio.Task[None], interrupted: asyncio.Event
+) -> bool:
+    """Wait for the watcher; False if interrupted first."""
+    if interrupted.is_set():
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        return False
     waiting = asyncio.ensure_future(interrupted.wait())
     await asyncio.wait({watcher, waiting}, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
@@ -266,6 +277,7 @@ async def main() -> int:
         for name, spec in expected.items()
     }
     children: list[subprocess.Popen[bytes]] = []
+    interrupted = catch_interrupts()
     try:
         start_processes(children)
         ready = asyncio.Event()
@@ -274,7 +286,7 @@ async def main() -> int:
         upload_submissions(journeys)
         publish_all(list(journeys))
         print("==> following the notices (task, stage, event, message)")
-        if not await finished_unless_interrupted(watcher):
+        if not await finished_unless_interrupted(watcher, interrupted):
             print("==> interrupted")
             return 130
         return 0 if report(journeys) else 1

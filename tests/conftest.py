@@ -177,8 +177,10 @@ class Engine:
 
     def containers_of(self, node_id: str) -> list[str]:
         """Containers (running or not) a node created and has not removed."""
-        found = self.client.containers.list(all=True, filters={"label": f"ulos-py.node={node_id}"})
-        return [c.name for c in found]
+        # One API call: the high-level list inspects each container after listing, and
+        # fails when one is removed in between (which is what the node is doing).
+        found = self.client.api.containers(all=True, filters={"label": f"ulos-py.node={node_id}"})
+        return [c["Names"][0].lstrip("/") for c in found]
 
     @property
     def bridge_gateway(self) -> str:

@@ -35,8 +35,9 @@ CLEAN_WITHIN = 10.0
 
 def containers_of(engine: Engine, node_id: str) -> dict[str, str]:
     """id -> name of the node's containers on the real engine, running or not."""
-    found = engine.client.containers.list(all=True, filters={"label": f"ulos-py.node={node_id}"})
-    return {c.id: c.name for c in found}
+    label = {"label": f"ulos-py.node={node_id}"}
+    found = engine.client.api.containers(all=True, filters=label)  # one call: see conftest
+    return {c["Id"]: c["Names"][0].lstrip("/") for c in found}
 
 
 def remove_containers_of(engine: Engine, node_id: str) -> dict[str, str]:
@@ -52,7 +53,7 @@ async def running_containers(engine: Engine, node_id: str, at_least: int, second
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         found = await asyncio.to_thread(
-            engine.client.containers.list, filters={"label": f"ulos-py.node={node_id}"}
+            engine.client.api.containers, filters={"label": f"ulos-py.node={node_id}"}
         )
         if len(found) >= at_least:
             return
