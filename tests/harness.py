@@ -223,3 +223,18 @@ def close_connection_named(name: str) -> int:
             )
             closed += 1
     return closed
+
+
+async def next_message(
+    queue: aio_pika.abc.AbstractQueue, timeout: float = 10
+) -> AbstractIncomingMessage:
+    """The queue's next message, waiting for it: `basic.get` answers at once, and a dead-lettered
+    copy may still be on its way when the notice that announced it has already arrived."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        message = await queue.get(fail=False, timeout=timeout)
+        if message is not None:
+            return message
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no message on {queue.name} within {timeout} s")
+        await asyncio.sleep(0.05)

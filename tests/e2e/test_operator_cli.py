@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import Broker, FtpServer, Names
 from tests.e2e.conftest import ROOT, settings_env
 from tests.e2e.test_chain import broker_env
+from tests.harness import next_message
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,7 +120,7 @@ async def test_topology_apply_twice_changes_nothing_and_declares_what_the_file_s
     rejected = await work.get()
     await rejected.reject(requeue=False)  # dead-lettered through the fanout exchange
     dead = await channel.get_queue(names.queue("dead"))
-    assert (await dead.get(timeout=5)).body == b"{}"
+    assert (await next_message(dead)).body == b"{}"
     for name in ("work", "quorum", "dead"):
         await channel.queue_delete(names.queue(name))
     for exchange_name in (names.exchange, f"{names.prefix}.dead"):

@@ -29,6 +29,7 @@ from tests.conftest import FtpServer, Names
 from tests.harness import (
     Pipeline,
     make_zip,
+    next_message,
     node_values,
     pipeline,
     running_node,
@@ -444,7 +445,7 @@ async def test_a_leased_task_that_crashes_is_counted_requeued_and_dead_lettered_
             submit(names, ftp_server, "doomed", "crash-late", timeout=30), priority=3
         )
         crashes = [await line.next_json("crashes", timeout=15) for _ in range(2)]
-        dead_lettered = await dead.get(timeout=10)
+        dead_lettered = await next_message(dead)
         life = await notices(line, "doomed", seconds=3)
         leases = await asyncio.to_thread(
             short_timeout_broker.queues, f"{LEASE_PREFIX}{line.input_queue}."

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Broker, FtpServer, Names
-from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
+from tests.harness import (
+    Pipeline,
+    make_zip,
+    next_message,
+    node_settings,
+    pipeline,
+    running_node,
+    stage,
+    task,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +58,7 @@ async def test_poison_task_is_dead_lettered_after_the_limit(
     async with running_node(settings):
         await line.publish(task("poison", path, stage(names.exchange, "crash")), priority=4)
         crashes = [await line.next_json("crashes") for _ in range(3)]
-        dead_lettered = await dead.get(timeout=10)
+        dead_lettered = await next_message(dead)
 
     assert [c["error"]["delivery"] for c in crashes] == [1, 2, 3]
     assert [c["error"]["requeued"] for c in crashes] == [True, True, False]
