@@ -55,7 +55,7 @@ from ulos_py.routing import (
     next_hop,
     output_file_name,
 )
-from ulos_py.workspace import Workspace, workspace
+from ulos_py.workspace import Cleaner, Workspace, workspace
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +95,8 @@ class Deps:
     observe: Callable[[], NoticeObserver] = no_observer
     """A watcher of each delivery's notices (the node's metrics); nobody by default."""
     ack_timeout: AckTimeout = field(default_factory=AckTimeout)
+    cleaner: Cleaner = field(default_factory=Cleaner)
+    """Removes finished workspaces in the background; the node drains it before exiting."""
 
 
 async def process(delivery: Delivery, deps: Deps) -> None:
@@ -111,7 +113,7 @@ async def process(delivery: Delivery, deps: Deps) -> None:
         executor = deps.executors.select(stage.routing_key)
         if executor is None:
             raise NoExecutor(f"no executor matches stage {stage.routing_key!r}")
-        async with workspace(deps.work_dir, task.task_id) as space:
+        async with workspace(deps.work_dir, task.task_id, deps.cleaner) as space:
             await _run_stage(task, stage, executor, space, delivery, deps, report)
     except TaskCrash as crash:
         if isinstance(crash, MalformedTask) and crash.received is not None:
@@ -151,8 +153,6 @@ async def _run_stage(
 
     report.log(Event.EXECUTION_STARTED, f"executor {executor.name} started")
     result = await _execute(executor, space.files, stage, task.timeout)
-    output_file = space.files / output_file_name(stage)
-    await asyncio.to_thread(output_file.write_text, result.output, encoding="utf-8")
     report.log(
         Event.EXECUTION_FINISHED,
         f"executor {executor.name} finished: {result.outcome.value}",
@@ -160,7 +160,8 @@ async def _run_stage(
     )
 
     try:
-        await asyncio.to_thread(pack, space.files, space.archive)
+        output = space.files / output_file_name(stage)
+        await asyncio.to_thread(_pack_with_output, space, output, result.output)
         await deps.storage.upload(space.archive, task.file_path)
     except (StorageError, OSError) as exc:
         raise UploadFailed(f"cannot upload {task.file_path}: {exc}") from exc
@@ -188,6 +189,15 @@ async def _run_stage(
     finally:
         await notices
     report.log(Event.FORWARDED, f"forwarded to {target}", target=hop.wire())
+
+
+def _pack_with_output(space: Workspace, output_file: Path, output: str) -> None:
+    """The stage's output file, then the zip to upload: one trip to a worker thread."""
+    try:
+        output_file.write_text(output, encoding="utf-8")
+    except OSError as exc:  # e.g. the executor left a directory of that name
+        raise ExecutionCrashed(f"cannot write the output file {output_file.name}: {exc}") from exc
+    pack(space.files, space.archive)
 
 
 async def _lease_if_long(task: Task, delivery: Delivery, deps: Deps, report: Reporter) -> None:

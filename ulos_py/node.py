@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
+import uvloop
 
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.docker_engine import DockerEngine
@@ -32,6 +35,7 @@ from ulos_py.metrics import MetricsServer, NodeMetrics
 from ulos_py.ports import Delivery
 from ulos_py.reporting import NoticeRoutes, no_observer
 from ulos_py.settings import Settings
+from ulos_py.workspace import Cleaner
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +145,7 @@ async def _serve(
             requeue_on_reject=settings.requeue_on_reject,
             max_deliveries=settings.max_deliveries,
             ack_timeout=AckTimeout(settings.broker_consumer_timeout, settings.lease_margin),
+            cleaner=Cleaner(backlog=settings.concurrency),
             # about 30 µs a task: paid only when someone can scrape the result
             observe=metrics.observer if settings.metrics_port else no_observer,
         )
@@ -156,6 +161,7 @@ async def _serve(
         metrics.set_consuming(False)
         await stop_consuming()
         await pool.drain(settings.shutdown_grace)
+        await deps.cleaner.drain()
     finally:
         metrics.set_consuming(False)
         unwatch()
@@ -163,6 +169,15 @@ async def _serve(
         await connection.close()
         metrics.set_connected(False)
     log.info("stopped")
+
+
+def run_event_loop(main: Coroutine[Any, Any, None], settings: Settings) -> None:
+    """Run the node's coroutine on the loop ULOS_EVENT_LOOP names (uvloop by default: the
+    standard loop's selector, transports and thread wake-ups cost a node a share of every
+    task's CPU)."""
+    factory = uvloop.new_event_loop if settings.event_loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

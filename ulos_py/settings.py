@@ -184,6 +184,8 @@ class Settings(ConnectionSettings):
     archive_max_entries: PositiveInt = Field(10_000, alias="ULOS_ARCHIVE_MAX_ENTRIES")
     log_format: Literal["auto", "console", "json"] = Field("auto", alias="ULOS_LOG_FORMAT")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="ULOS_LOG_LEVEL")
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", alias="ULOS_EVENT_LOOP")
+    """uvloop cuts the loop's own share of a task's CPU; `asyncio` is the standard loop."""
     metrics_port: OptionalPort = Field(0, alias="ULOS_METRICS_PORT")
     metrics_host: str = Field("127.0.0.1", alias="ULOS_METRICS_HOST")
     broker_consumer_timeout: Annotated[float, Field(ge=0)] = Field(

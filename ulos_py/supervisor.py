@@ -35,7 +35,7 @@ import structlog
 
 from ulos_py.errors import ConfigError, UlosError
 from ulos_py.log import configure_logging
-from ulos_py.node import install_signal_handlers, run_node
+from ulos_py.node import install_signal_handlers, run_event_loop, run_node
 from ulos_py.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -76,7 +76,7 @@ def worker_main(settings: Settings, index: int, supervisor_pid: int) -> None:
     configure_logging(settings.log_format, settings.log_level)
     structlog.contextvars.bind_contextvars(worker=index, node_id=settings.node_id)
     try:
-        asyncio.run(_serve(settings, supervisor_pid))
+        run_event_loop(_serve(settings, supervisor_pid), settings)
     except ConfigError as exc:
         print(f"ulos-py node worker {index}: configuration error: {exc}", file=sys.stderr)
         sys.exit(CONFIG_ERROR)

@@ -2,6 +2,10 @@
 
 The directory name comes from a fresh temp name, never from the file path, so two tasks
 with the same `filePath` on one node cannot touch each other's files.
+
+Removal runs in the background (`Cleaner`): deleting a few dozen files costs milliseconds of
+disk work that neither the task's ack nor the next delivery needs to wait for. The node
+drains the cleaner before it exits, so nothing is left behind on a graceful stop.
 """
 
 from __future__ import annotations
@@ -33,6 +37,44 @@ class Workspace:
         return self.root / "files"
 
 
+class Cleaner:
+    """Removes finished workspaces in worker threads while tasks go on.
+
+    At most `backlog` removals wait at once; past that a task waits for one to finish, so a
+    slow disk slows the node down instead of filling up with old workspaces.
+    """
+
+    def __init__(self, backlog: int = 8) -> None:
+        self._room = asyncio.Semaphore(backlog)
+        self._removals: set[asyncio.Task[None]] = set()
+
+    async def remove(self, root: Path) -> None:
+        """Start removing `root`; returns once it is under way (or done, if cancelled)."""
+        try:
+            await self._room.acquire()
+        except asyncio.CancelledError:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        removal = asyncio.create_task(self._remove(root))
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
+
+    async def _remove(self, root: Path) -> None:
+        try:
+            await asyncio.to_thread(shutil.rmtree, root, True)
+        finally:
+            self._room.release()
+
+    @property
+    def pending(self) -> int:
+        return len(self._removals)
+
+    async def drain(self) -> None:
+        """Wait for every removal started so far (shutdown, tests)."""
+        while self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
+
+
 def _create(parent: Path, task_id: str) -> Workspace:
     parent.mkdir(parents=True, exist_ok=True)
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:40]
@@ -42,15 +84,11 @@ def _create(parent: Path, task_id: str) -> Workspace:
 
 
 @asynccontextmanager
-async def workspace(parent: Path, task_id: str) -> AsyncIterator[Workspace]:
-    """A new empty workspace under `parent`, removed when the block ends, whatever happens."""
+async def workspace(parent: Path, task_id: str, cleaner: Cleaner) -> AsyncIterator[Workspace]:
+    """A new empty workspace under `parent`, handed to `cleaner` when the block ends,
+    whatever happens."""
     space = _create(parent, task_id)
-    root = space.root
     try:
         yield space
     finally:
-        try:
-            await asyncio.to_thread(shutil.rmtree, root, True)
-        except asyncio.CancelledError:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
+        await cleaner.remove(space.root)

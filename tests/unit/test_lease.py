@@ -36,6 +36,7 @@ async def run(
 ) -> FakeDelivery:
     received = FakeDelivery(body, journal=node.journal, lease=lease)
     await process(received, dataclasses.replace(node.deps, ack_timeout=ack_timeout))
+    await node.cleaner.drain()
     return received
 
 
@@ -115,7 +116,7 @@ async def test_a_delivery_lost_while_leasing_is_neither_run_nor_settled(tmp_path
     assert node.forwards() == []
     assert "execution_started" not in node.events()
     assert [entry for entry in logs if entry["event"] == "delivery_lost"]
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_a_leased_task_cancelled_by_shutdown_goes_back_to_the_queue(tmp_path: Path) -> None:

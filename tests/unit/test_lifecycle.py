@@ -29,8 +29,11 @@ from ulos_py.archive import ArchiveLimits
 from ulos_py.execution.builtin import Behaviour, BuiltinExecutor
 from ulos_py.execution.registry import Registry
 from ulos_py.lifecycle import Deps, process
-from ulos_py.ports import Envelope, Executor, TimeoutPolicy
+from ulos_py.models import Outcome, RoutingNode
+from ulos_py.ports import Envelope, ExecutionResult, Executor, TimeoutPolicy
 from ulos_py.reporting import NoticeRoutes
+from ulos_py.routing import output_file_name
+from ulos_py.workspace import Cleaner
 
 NODE_ID = "node-under-test"
 LOGS = ("logs-exchange", "logs-key")
@@ -106,6 +109,7 @@ class Node:
     requeue_on_reject: bool = False
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     journal: list[str] = field(default_factory=list)
+    cleaner: Cleaner = field(default_factory=Cleaner)
 
     @property
     def deps(self) -> Deps:
@@ -118,11 +122,13 @@ class Node:
             work_dir=self.work_dir,
             limits=self.limits,
             requeue_on_reject=self.requeue_on_reject,
+            cleaner=self.cleaner,
         )
 
     async def run(self, body: bytes, **delivery: Any) -> FakeDelivery:
         received = FakeDelivery(body, journal=self.journal, **delivery)
         await process(received, self.deps)
+        await self.cleaner.drain()
         return received
 
     def logs(self) -> list[dict[str, Any]]:
@@ -142,7 +148,8 @@ class Node:
             for envelope in envelopes
         ]
 
-    def assert_work_dir_empty(self) -> None:
+    async def assert_work_dir_empty(self) -> None:
+        await self.cleaner.drain()  # removal runs in the background; the node drains it too
         assert list(self.work_dir.iterdir()) == []
 
     def assert_nothing_uploaded(self) -> None:
@@ -192,14 +199,14 @@ def assert_crash(node: Node, kind: str, *, stage: str | None = "pass") -> dict[s
     return notice
 
 
-def assert_rejected(node: Node, delivery: FakeDelivery, *, requeue: bool = False) -> None:
+async def assert_rejected(node: Node, delivery: FakeDelivery, *, requeue: bool = False) -> None:
     assert delivery.rejected
     assert not delivery.acked
     assert delivery.requeue is requeue
     assert node.forwards() == []
     [rejected] = [n for n in node.logs() if n["event"] == "rejected"]
     assert rejected["requeued"] is requeue
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 # --- executor PASS -----------------------------------------------------------------------
@@ -228,7 +235,7 @@ async def test_pass_uploads_forwards_success_branch_then_acks(tmp_path: Path) ->
     # the ack follows the confirmed forward; only the "acked" notice comes after it
     assert node.journal.index("ack") > node.journal.index(f"publish {EXCHANGE}/lab.next")
     assert node.journal[-2:] == ["ack", f"publish {LOGS[0]}/{LOGS[1]}"]
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_forward_and_notices_are_confirmed_before_the_ack(tmp_path: Path) -> None:
@@ -256,7 +263,7 @@ async def test_pass_upload_holds_submission_and_stage_output(tmp_path: Path) -> 
     output = uploaded[f"output_{EXCHANGE}_pass.txt"].decode()
     assert "pass" in output
     assert output.endswith("pass\n")
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_executor_files_are_uploaded_and_output_file_named_after_stage(
@@ -272,7 +279,31 @@ async def test_executor_files_are_uploaded_and_output_file_named_after_stage(
     uploaded = zip_names(node.storage.files[FILE])
     assert uploaded["result.txt"] == b"graded: 10/10\n"
     assert uploaded[f"output_{EXCHANGE}_python-tests.txt"] == b"wrote result.txt\n"
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
+
+
+class OutputNameTaker:
+    """An executor that leaves a directory where the stage's output file must go."""
+
+    name = "squatter"
+    on_timeout = TimeoutPolicy.CRASH
+
+    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+        (workdir / output_file_name(stage)).mkdir()
+        return ExecutionResult(Outcome.PASS, "done\n")
+
+
+async def test_an_output_file_that_cannot_be_written_is_an_execution_crash(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, only(OutputNameTaker()))
+
+    delivery = await node.run(encode(task("pass")))
+
+    notice = assert_crash(node, "execution")
+    assert "cannot write the output file" in notice["error"]["detail"]
+    await assert_rejected(node, delivery)
+    node.assert_nothing_uploaded()
 
 
 async def test_pass_without_success_branch_completes_and_acks(tmp_path: Path) -> None:
@@ -286,7 +317,7 @@ async def test_pass_without_success_branch_completes_and_acks(tmp_path: Path) ->
     assert node.forwards() == []
     assert node.events() == [*HAPPY_EVENTS, "completed", "acked"]
     assert node.storage.uploads == [FILE]
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_forward_message_id_is_the_same_for_two_runs_of_the_same_task(
@@ -308,7 +339,7 @@ async def test_forward_message_id_is_the_same_for_two_runs_of_the_same_task(
     assert failed.message_id != one.message_id
     assert another.message_id != one.message_id
     assert another.correlation_id == "sub-2032"
-    first.assert_work_dir_empty()
+    await first.assert_work_dir_empty()
 
 
 async def test_tasks_with_the_same_file_path_get_separate_directories(tmp_path: Path) -> None:
@@ -323,7 +354,7 @@ async def test_tasks_with_the_same_file_path_get_separate_directories(tmp_path: 
     assert second.acked
     assert len(set(executor.workdirs)) == 2
     assert executor.listings == [["data", "data/in.txt", "main.py"]] * 2
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 # --- executor FAIL -----------------------------------------------------------------------
@@ -347,7 +378,7 @@ async def test_fail_uploads_forwards_failure_branch_then_acks(tmp_path: Path) ->
     assert forward.correlation_id == TASK_ID
     assert f"output_{EXCHANGE}_fail.txt" in zip_names(node.storage.files[FILE])
     assert node.journal.index("ack") > node.journal.index("publish results/lab.failed")
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_fail_without_failure_branch_completes_and_acks(tmp_path: Path) -> None:
@@ -361,7 +392,7 @@ async def test_fail_without_failure_branch_completes_and_acks(tmp_path: Path) ->
     assert node.forwards() == []
     assert node.events() == [*HAPPY_EVENTS, "completed", "acked"]
     assert node.storage.uploads == [FILE]
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 # --- executor crashed, no executor, no routing tree -------------------------------------
@@ -372,7 +403,7 @@ async def test_crashing_executor_rejects_without_upload(tmp_path: Path) -> None:
 
     delivery = await node.run(encode(task("crash")))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     assert_crash(node, "execution", stage="crash")
     assert node.events() == [
         "received",
@@ -391,7 +422,7 @@ async def test_executor_raising_a_foreign_exception_is_an_execution_crash(
 
     delivery = await node.run(encode(task("pass")))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     notice = assert_crash(node, "execution")
     assert "executor bug" in notice["error"]["detail"]
     node.assert_nothing_uploaded()
@@ -402,7 +433,7 @@ async def test_no_matching_executor_is_a_no_executor_crash(tmp_path: Path) -> No
 
     delivery = await node.run(encode(task("unknown-stage")))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     notice = assert_crash(node, "no_executor", stage="unknown-stage")
     assert "unknown-stage" in notice["error"]["detail"]
     assert node.events() == ["received", "crashed", "rejected"]
@@ -421,7 +452,7 @@ async def test_no_routing_tree_is_a_no_routing_crash(tmp_path: Path, tree: str) 
 
     delivery = await node.run(encode(message))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     assert_crash(node, "no_routing", stage=None)
     assert node.events() == ["received", "crashed", "rejected"]
     assert node.storage.downloads == []
@@ -433,7 +464,7 @@ async def test_requeue_on_reject_requeues_crashes(tmp_path: Path, stage: str) ->
 
     delivery = await node.run(encode(task(stage)))
 
-    assert_rejected(node, delivery, requeue=True)
+    await assert_rejected(node, delivery, requeue=True)
 
 
 @pytest.mark.parametrize(("delivery_count", "requeued"), [(1, True), (4, True), (5, False)])
@@ -444,7 +475,7 @@ async def test_a_crashing_task_is_requeued_until_the_delivery_limit(
 
     delivery = await node.run(encode(task("crash")), delivery_count=delivery_count)
 
-    assert_rejected(node, delivery, requeue=requeued)
+    await assert_rejected(node, delivery, requeue=requeued)
     settled = [entry for entry in node.journal if not entry.startswith("publish")]
     assert settled == ["requeue_counted" if requeued else "reject"]
     [notice] = node.crashes()
@@ -477,7 +508,7 @@ async def test_timeout_crashes_cancels_the_executor_and_uploads_nothing(tmp_path
 
     assert executor.started.is_set()
     assert executor.cancelled
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     notice = assert_crash(node, "timeout")
     assert "timed out" in notice["error"]["detail"]
     assert "timed out" in notice["logMessage"]
@@ -497,7 +528,7 @@ async def test_timeout_zero_times_out_at_once(tmp_path: Path) -> None:
 
     delivery = await node.run(encode(task("pass", timeout=0)))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     assert_crash(node, "timeout")
     node.assert_nothing_uploaded()
 
@@ -518,7 +549,7 @@ async def test_timeout_with_on_timeout_fail_counts_as_fail(tmp_path: Path) -> No
     assert b"timed out" in output
     [finished] = [n for n in node.logs() if n["event"] == "execution_finished"]
     assert finished["outcome"] == "fail"
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 # --- download failed ---------------------------------------------------------------------
@@ -529,7 +560,7 @@ async def test_missing_file_is_a_download_crash(tmp_path: Path) -> None:
 
     delivery = await node.run(encode(task("pass")))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     notice = assert_crash(node, "download")
     assert FILE in notice["error"]["detail"]
     assert node.events() == ["received", "crashed", "rejected"]
@@ -565,7 +596,7 @@ async def test_unsafe_archive_is_an_archive_crash(
 
     delivery = await node.run(encode(task("pass")))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     assert_crash(node, "archive")
     assert node.events() == ["received", "crashed", "rejected"]
     assert node.storage.uploads == []
@@ -580,7 +611,7 @@ async def test_failed_upload_is_an_upload_crash(tmp_path: Path) -> None:
 
     delivery = await node.run(encode(task("pass")))
 
-    assert_rejected(node, delivery)
+    await assert_rejected(node, delivery)
     notice = assert_crash(node, "upload")
     assert FILE in notice["error"]["detail"]
     assert node.events() == [
@@ -606,7 +637,7 @@ async def test_failed_forward_is_a_forward_crash_and_never_acked(
     delivery = await node.run(encode(task("pass")))
 
     assert delivery.settle_attempts == 1
-    assert_rejected(node, delivery, requeue=requeue_on_reject)
+    await assert_rejected(node, delivery, requeue=requeue_on_reject)
     notice = assert_crash(node, "forward")
     assert EXCHANGE in notice["error"]["detail"]
     assert "lab.next" in notice["error"]["detail"]
@@ -627,7 +658,7 @@ async def test_body_that_is_not_json_is_rejected_as_poison(
 
     delivery = await node.run(body)
 
-    assert_rejected(node, delivery, requeue=False)
+    await assert_rejected(node, delivery, requeue=False)
     notice = assert_crash(node, "malformed", stage=None)
     assert notice["rawBody"] == body.decode()
     assert notice["rawBodyTruncated"] is False
@@ -644,7 +675,7 @@ async def test_task_breaking_the_format_is_rejected_as_poison_with_errors(
 
     delivery = await node.run(body)
 
-    assert_rejected(node, delivery, requeue=False)
+    await assert_rejected(node, delivery, requeue=False)
     notice = assert_crash(node, "malformed", stage=None)
     assert notice["rawBody"] == body.decode()
     paths = {error["path"] for error in notice["error"]["errors"]}
@@ -662,7 +693,7 @@ async def test_deeply_nested_body_is_rejected_as_poison(tmp_path: Path) -> None:
     with capture_logs():
         delivery = await node.run(b"[" * 100_000)
 
-    assert_rejected(node, delivery, requeue=False)
+    await assert_rejected(node, delivery, requeue=False)
     notice = assert_crash(node, "malformed", stage=None)
     assert notice["rawBodyTruncated"] is True
 
@@ -677,7 +708,7 @@ async def test_huge_malformed_body_is_truncated_in_the_notice(tmp_path: Path) ->
     [notice] = node.crashes()
     assert notice["rawBody"] == "x" * 4096
     assert notice["rawBodyTruncated"] is True
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_long_stage_names_still_get_an_output_file(tmp_path: Path) -> None:
@@ -707,7 +738,7 @@ async def test_settle_failed_on_ack_does_not_raise(tmp_path: Path) -> None:
     assert [e.routing_key for e in node.forwards()] == ["lab.next"]
     assert "acked" not in node.events()
     assert any(entry["event"] == "settle_failed" for entry in logged)
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_settle_failed_on_reject_does_not_raise(tmp_path: Path) -> None:
@@ -719,7 +750,7 @@ async def test_settle_failed_on_reject_does_not_raise(tmp_path: Path) -> None:
     assert delivery.settle_attempts == 1
     assert "rejected" not in node.events()
     assert_crash(node, "execution", stage="crash")
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 @pytest.mark.parametrize("requeue_on_reject", [False, True])
@@ -747,7 +778,7 @@ async def test_cancelled_process_returns_the_delivery_and_reraises(
     assert node.events()[-1] == "rejected"
     assert node.logs()[-1]["requeued"] is True
     node.assert_nothing_uploaded()
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_cancelled_process_with_a_dead_channel_still_reraises_cancellation(
@@ -765,7 +796,7 @@ async def test_cancelled_process_with_a_dead_channel_still_reraises_cancellation
 
     assert delivery.settle_attempts == 1
     assert executor.cancelled
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_refused_notices_do_not_stop_the_task_and_are_logged(tmp_path: Path) -> None:
@@ -778,7 +809,7 @@ async def test_refused_notices_do_not_stop_the_task_and_are_logged(tmp_path: Pat
     assert [e.routing_key for e in node.forwards()] == ["lab.next"]
     lost = [entry["event_name"] for entry in logged if entry["event"] == "notice_not_delivered"]
     assert lost == [*HAPPY_EVENTS, "forwarded", "acked"]
-    node.assert_work_dir_empty()
+    await node.assert_work_dir_empty()
 
 
 async def test_redelivered_task_says_so_in_its_received_notice(tmp_path: Path) -> None:

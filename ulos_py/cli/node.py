@@ -12,7 +12,7 @@ import structlog
 
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.log import configure_logging
-from ulos_py.node import install_signal_handlers, run_node
+from ulos_py.node import install_signal_handlers, run_event_loop, run_node
 from ulos_py.settings import Settings, load_settings
 from ulos_py.supervisor import run_supervised
 
@@ -41,7 +41,7 @@ def node(env_file: Path | None, processes: int | None) -> None:
     if settings.processes > 1:
         sys.exit(run_supervised(settings))
     structlog.contextvars.bind_contextvars(node_id=settings.node_id)
-    asyncio.run(_main(settings))
+    run_event_loop(_main(settings), settings)
 
 
 async def _main(settings: Settings) -> None:
