@@ -45,9 +45,11 @@ def _answers(host: str, port: int) -> bool:
 
 
 class _TestHandler(FTPHandler):  # type: ignore[misc]
-    """pyftpdlib's handler, quiet, counting logins, and able to refuse a file for a while."""
+    """pyftpdlib's handler: quiet, counting logins and TYPE commands, able to refuse a file
+    for a while."""
 
     logins: ClassVar[int] = 0
+    type_commands: ClassVar[int] = 0
     transient_failures: ClassVar[dict[str, int]] = {}  # file name -> RETRs still to refuse with 450
 
     def log(self, msg: str, logfun: object = None) -> None:
@@ -58,6 +60,10 @@ class _TestHandler(FTPHandler):  # type: ignore[misc]
 
     def on_login(self, username: str) -> None:
         type(self).logins += 1
+
+    def ftp_TYPE(self, line: str) -> object:
+        type(self).type_commands += 1
+        return super().ftp_TYPE(line)
 
     def ftp_RETR(self, file: str) -> object:
         name = Path(file).name

@@ -29,6 +29,7 @@ async def test_connections_are_reused_across_tasks(
         ftp_server.put(f"/{names.prefix}/{n}.zip", make_zip({"a.txt": str(n)}))
     settings = node_settings(names, broker, ftp_server, tmp_path, ULOS_STORAGE_CONNECTIONS=2)
     before = ftp_server.handler.logins
+    types_before = ftp_server.handler.type_commands
     async with running_node(settings):
         for n in range(12):
             await line.publish(task(f"t-{n}", f"/{names.prefix}/{n}.zip", tree(names)))
@@ -36,6 +37,8 @@ async def test_connections_are_reused_across_tasks(
             await line.next_json("next")
     # 24 transfers (12 downloads, 12 uploads) over at most 2 logged-in connections
     assert ftp_server.handler.logins - before <= 2
+    # binary mode is set once per connection, not before each transfer
+    assert 1 <= ftp_server.handler.type_commands - types_before <= 2
 
 
 async def test_transient_errors_are_retried(

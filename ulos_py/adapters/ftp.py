@@ -102,10 +102,29 @@ def _translate(exc: Exception, what: str) -> StorageError:
 
 
 class _Client(aioftp.Client):
-    """aioftp opens a transfer's data connection before sending the command and leaks it
-    when the server refuses the command (550 for a missing file): close it with us."""
+    """aioftp's client, closing what it leaves open and sending TYPE once per session.
+
+    aioftp opens a transfer's data connection before sending the command and leaks it when
+    the server refuses the command (550 for a missing file): close it with us."""
 
     _data_writer: asyncio.StreamWriter | None = None
+    _type: str | None = None
+
+    async def command(
+        self,
+        command: str | None = None,
+        expected_codes: str | tuple[str, ...] = (),
+        wait_codes: str | tuple[str, ...] = (),
+        censor_after: int | None = None,
+    ) -> Any:
+        """aioftp sends TYPE before every transfer, but the server keeps it for the session
+        (RFC 959): a repeat is a round trip per transfer for nothing."""
+        if command is not None and command.startswith("TYPE ") and command == self._type:
+            return None
+        answer = await super().command(command, expected_codes, wait_codes, censor_after)
+        if command is not None and command.startswith("TYPE "):
+            self._type = command
+        return answer
 
     async def get_passive_connection(self, *args: Any, **kwargs: Any) -> Any:
         reader, writer = await super().get_passive_connection(*args, **kwargs)
