@@ -416,14 +416,17 @@ class RabbitPublisher:
         """Publish a ready message, confirmed and mandatory; PublishError otherwise."""
         where = f"exchange {exchange!r} with routing key {routing_key!r}"
         try:
-            # After a reconnect aio-pika restores channels in any order: the consuming one may
-            # deliver before this one is back, and a publish then would fail (and lose a
-            # crash notice). Wait for it, within the confirm timeout.
-            await asyncio.wait_for(self._channel.ready(), PUBLISH_TIMEOUT)
-            if not await self.exchange_exists(exchange):
-                raise PublishError(f"{where}: the exchange does not exist")
-            target = self._exchanges.get(exchange) or self._channel.default_exchange
-            await target.publish(message, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT)
+            # One deadline for the whole publish: `wait_for` would wrap each wait in a task
+            # of its own, a cost paid by every notice of every task.
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                # After a reconnect aio-pika restores channels in any order: the consuming one
+                # may deliver before this one is back, and a publish then would fail (and lose
+                # a crash notice). Wait for it.
+                await self._channel.ready()
+                if not await self.exchange_exists(exchange):
+                    raise PublishError(f"{where}: the exchange does not exist")
+                target = self._exchanges.get(exchange) or self._channel.default_exchange
+                await target.publish(message, routing_key, mandatory=True)
         except aio_pika.exceptions.PublishError as exc:
             raise PublishError(f"{where}: unroutable, no queue is bound to it") from exc
         except aio_pika.exceptions.DeliveryError as exc:
