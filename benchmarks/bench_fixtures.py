@@ -194,6 +194,8 @@ class Topology:
     prefix: str
     stage: str = STAGE_KEY
     """The routing key of the tasks' only stage: what the worker's registry must serve."""
+    other_stages: tuple[str, ...] = ()
+    """More stage keys bound to the input queue, for a run that mixes kinds of task."""
 
     @property
     def processing(self) -> str:
@@ -207,13 +209,17 @@ class Topology:
     def crashes(self) -> str:
         return f"{self.prefix}.crashes"
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return (self.stage, *self.other_stages)
+
     def queue(self, name: str) -> str:
         return f"{self.prefix}.{name}"
 
     def bindings(self) -> list[tuple[str, str, str]]:
         """(queue, exchange, routing key) of every queue the benchmark declares."""
         return [
-            (self.queue("input"), self.processing, self.stage),
+            *((self.queue("input"), self.processing, key) for key in self.stages),
             (self.queue("done"), self.processing, DONE_KEY),
             (self.queue("logs"), self.logs, LOGS_KEY),
             (self.queue("crashes"), self.crashes, CRASH_KEY),
@@ -222,8 +228,9 @@ class Topology:
     def done_hop(self) -> dict[str, str]:
         return {"exchange": self.processing, "routingKey": DONE_KEY}
 
-    def task(self, label: str, index: int, path: str) -> dict[str, Any]:
-        """A SPEC §2 task whose only stage is `self.stage`, forwarded to `done` on success."""
+    def task(self, label: str, index: int, path: str, stage: str | None = None) -> dict[str, Any]:
+        """A SPEC §2 task whose only stage is `stage` (default `self.stage`), forwarded to
+        `done` on success."""
         return {
             "taskId": f"{self.prefix}-{label}-{index:05d}",
             "taskOwnerId": f"student-{index % 97:03d}",
@@ -231,7 +238,7 @@ class Topology:
             "timeout": 60,
             "routingTree": {
                 "exchange": self.processing,
-                "routingKey": self.stage,
+                "routingKey": stage or self.stage,
                 "successRoutingDecision": self.done_hop(),
             },
             "course": "bench-101",  # an unknown field: it must travel on
@@ -253,7 +260,7 @@ async def delete_topology(broker: Broker, topology: Topology) -> None:
     """On a fresh connection, so it works whatever state the run's connection is in."""
     connection = await aio_pika.connect(broker.url)
     async with connection:
-        for queue_name, _, _ in topology.bindings():
+        for queue_name in dict.fromkeys(queue for queue, _, _ in topology.bindings()):
             with suppress(aio_pika.exceptions.AMQPError):
                 channel = await connection.channel()
                 await channel.queue_delete(queue_name)
@@ -265,9 +272,16 @@ async def delete_topology(broker: Broker, topology: Topology) -> None:
                 await channel.close()
 
 
-async def publish_tasks(channel: AbstractChannel, topology: Topology, bodies: list[bytes]) -> None:
-    """Publish every task (confirmed, persistent) before the worker starts."""
+async def publish_tasks(
+    channel: AbstractChannel,
+    topology: Topology,
+    bodies: list[bytes],
+    keys: list[str] | None = None,
+) -> None:
+    """Publish every task (confirmed, persistent) before the worker starts, each with its
+    routing key in `keys` (default: all to `topology.stage`)."""
     exchange = await channel.get_exchange(topology.processing, ensure=False)
+    keys = keys or [topology.stage] * len(bodies)
     for start in range(0, len(bodies), 250):
         await asyncio.gather(
             *(
@@ -277,10 +291,12 @@ async def publish_tasks(channel: AbstractChannel, topology: Topology, bodies: li
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
-                    topology.stage,
+                    key,
                     mandatory=True,
                 )
-                for body in bodies[start : start + 250]
+                for body, key in zip(
+                    bodies[start : start + 250], keys[start : start + 250], strict=True
+                )
             )
         )
 

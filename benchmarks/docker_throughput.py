@@ -22,7 +22,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -35,16 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import aio_pika
 import docker
 import docker.errors
 from aio_pika.abc import AbstractIncomingMessage
 from bench_fixtures import (
-    Broker,
     Topology,
-    declare_topology,
-    delete_topology,
-    ftp_server,
     publish_tasks,
     queue_depth,
     say,
@@ -58,13 +52,15 @@ from node_throughput import (
     NodeProcess,
     Pids,
     node_env,
+    open_bench,
     prepare_phase,
     quietly,
+    run_tmp_dir,
     start_profiler,
     stop_profiler,
     wait_for_done,
 )
-from proc_probes import CpuSnapshot, broker_pids, cpu_seconds
+from proc_probes import CpuSnapshot, cpu_seconds
 
 from ulos_py.execution.docker_spec import DockerExecutorSpec, load_docker_spec, parse_size
 from ulos_py.execution.transfer import pack_for_container
@@ -549,29 +545,17 @@ async def warm_up(run: Run) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Bare and node at each concurrency, in that order, `args.rounds` times."""
     wall = time.perf_counter()
-    broker = Broker.parse(args.broker_url)
     topology = Topology(f"bench-{uuid.uuid4().hex[:8]}", stage=STAGE)
     phases: list[Phase] = []
     async with AsyncExitStack() as stack:
-        tmp = Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="ulos-bench-", dir=args.tmp_dir))
-        )
+        tmp = run_tmp_dir(stack, args)
         api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
         stack.callback(api.close)
         spec = load_docker_spec(EXECUTOR, FOLDER)
         registry = write_registry(tmp)
         image_id = await asyncio.to_thread(ensure_image, api, registry, spec.settings.image)
-        ftp = await stack.enter_async_context(ftp_server(tmp / "ftp-root", "async"))
-        connection = await aio_pika.connect(
-            broker.url, client_properties={"connection_name": f"{topology.prefix} benchmark"}
-        )
-        stack.push_async_callback(connection.close)
-        stack.push_async_callback(delete_topology, broker, topology)
-        channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel, topology)
         zip_data = zip_folder(EXAMPLE)
-        bench = Bench(args, broker, topology, ftp, tmp, channel, zip_data, broker_pids())
-        connection.close_callbacks.add(bench.on_broker_close)
+        bench = await open_bench(stack, args, topology, tmp, zip_data, "async")
         with pack_for_container(
             EXAMPLE, PurePosixPath(spec.settings.mount), spec.settings.limits.uid_gid
         ) as packed:
@@ -579,7 +563,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         run_ = Run(bench, spec, registry, files, engine_pids(), api)
         say(
             f"image {spec.settings.image} ({image_id[7:19]}), zip {len(zip_data)} bytes, "
-            f"names {topology.prefix}.*, FTP 127.0.0.1:{ftp.port}"
+            f"names {topology.prefix}.*, FTP 127.0.0.1:{bench.ftp.port}"
         )
         await warm_up(run_)
         for round_no in range(1, args.rounds + 1):

@@ -188,6 +188,9 @@ def node_env(bench: Bench, connections: int) -> dict[str, str]:
         ULOS_LOG_FORMAT="json",
         ULOS_LOG_LEVEL="warning",
         ULOS_STORAGE_CONNECTIONS=str(connections),
+        # One worker, in the node's own process: the process measured is the one doing the
+        # work, at the prefetch asked for (the default is one worker per core).
+        ULOS_PROCESSES="1",
     )
     return env
 
@@ -316,16 +319,8 @@ class PhaseResult:
 
     def fill_host_cpu(self, first: CpuSnapshot, last: CpuSnapshot) -> None:
         """Host CPU busy (% of all cores) and the part of it no process of this run used."""
-        elapsed = last.host_total - first.host_total
-        if elapsed <= 0:
-            return
-        busy = last.host_busy - first.host_busy
-        ours = sum(
-            getattr(last, name) - getattr(first, name)
-            for name in ("worker", "ftp", "broker", "own")
-        )
-        self.host_cpu_busy_percent = round(100 * busy / elapsed, 1)
-        self.foreign_cpu_percent = round(max(0.0, 100 * (busy - ours) / elapsed), 1)
+        if (shares := last.host_shares_since(first)) is not None:
+            self.host_cpu_busy_percent, self.foreign_cpu_percent = shares
 
 
 @dataclass
@@ -539,27 +534,15 @@ async def run(
     args: argparse.Namespace, make_specs: Callable[[Bench], list[WorkerSpec]] | None = None
 ) -> dict[str, Any]:
     """Every phase, `args.rounds` times (order reversed every other round, against drift)."""
-    broker = Broker.parse(args.broker_url)
     topology = Topology(f"bench-{uuid.uuid4().hex[:8]}")
     phases: list[PhaseResult] = []
     async with AsyncExitStack() as stack:
-        tmp = Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="ulos-bench-", dir=args.tmp_dir))
-        )
-        ftp = await stack.enter_async_context(ftp_server(tmp / "ftp-root", args.ftp_server))
-        connection = await aio_pika.connect(
-            broker.url, client_properties={"connection_name": f"{topology.prefix} benchmark"}
-        )
-        stack.push_async_callback(connection.close)
-        stack.push_async_callback(delete_topology, broker, topology)
-        channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel, topology)
+        tmp = run_tmp_dir(stack, args)
         zip_data = make_zip(args.seed)
-        bench = Bench(args, broker, topology, ftp, tmp, channel, zip_data, broker_pids())
-        connection.close_callbacks.add(bench.on_broker_close)
+        bench = await open_bench(stack, args, topology, tmp, zip_data, args.ftp_server)
         say(
-            f"broker {broker.host}:{broker.port}, FTP 127.0.0.1:{ftp.port} ({args.ftp_server}), "
-            f"names {topology.prefix}.*, zip {len(zip_data)} bytes"
+            f"broker {bench.broker.host}:{bench.broker.port}, FTP 127.0.0.1:{bench.ftp.port} "
+            f"({args.ftp_server}), names {topology.prefix}.*, zip {len(zip_data)} bytes"
         )
         specs = (make_specs or worker_specs)(bench)
         for round_no in range(1, args.rounds + 1):
@@ -570,6 +553,37 @@ async def run(
             if bench.broker_lost is not None:
                 break
     return build_report(args, zip_data, phases)
+
+
+def run_tmp_dir(stack: AsyncExitStack, args: argparse.Namespace) -> Path:
+    """The run's temp dir (FTP root, work dirs, logs) under `--tmp-dir`, removed by `stack`."""
+    return Path(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix="ulos-bench-", dir=args.tmp_dir))
+    )
+
+
+async def open_bench(
+    stack: AsyncExitStack,
+    args: argparse.Namespace,
+    topology: Topology,
+    tmp: Path,
+    zip_data: bytes,
+    ftp_kind: str,
+) -> Bench:
+    """The FTP server, the benchmark's broker connection and the run's topology: all
+    stopped, closed and deleted by `stack`, also on an error, Ctrl-C or SIGTERM."""
+    broker = Broker.parse(args.broker_url)
+    ftp = await stack.enter_async_context(ftp_server(tmp / "ftp-root", ftp_kind))
+    connection = await aio_pika.connect(
+        broker.url, client_properties={"connection_name": f"{topology.prefix} benchmark"}
+    )
+    stack.push_async_callback(connection.close)
+    stack.push_async_callback(delete_topology, broker, topology)
+    channel = await connection.channel(publisher_confirms=True)
+    await declare_topology(channel, topology)
+    bench = Bench(args, broker, topology, ftp, tmp, channel, zip_data, broker_pids())
+    connection.close_callbacks.add(bench.on_broker_close)
+    return bench
 
 
 def build_report(
@@ -762,28 +776,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+Report = dict[str, Any]
+
+
+async def stopped_by_sigterm(work: Awaitable[Report]) -> Report:
     """Run, stopping (and cleaning up) on SIGTERM as on Ctrl-C."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run(args)
+    return await work
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_and_report(
+    args: argparse.Namespace,
+    run_: Callable[[argparse.Namespace], Awaitable[Report]],
+    render: Callable[[Report], str],
+) -> int:
+    """The table on stdout (on stderr with `--json`, the JSON then on stdout), the JSON into
+    `--out`; the exit code: 0 when the report is ok, 130 when interrupted."""
     try:
-        report = asyncio.run(main_async(args))
+        report = asyncio.run(stopped_by_sigterm(run_(args)))
     except (KeyboardInterrupt, asyncio.CancelledError):
         say("interrupted: everything the benchmark started was stopped and deleted")
         return 130
-    table = render_table(report)
-    print(table, file=sys.stderr if args.json else sys.stdout, flush=True)
+    print(render(report), file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.json:
         print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if report["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_and_report(parse_args(argv), run, render_table)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,78 @@ class CpuSnapshot:
             busy,
             total,
         )
+
+    def host_shares_since(self, first: CpuSnapshot) -> tuple[float, float] | None:
+        """(all CPUs busy, the part of it no process of this run used) since `first`, in %
+        of all cores; None over no time. A high second one means other load disturbed it."""
+        elapsed = self.host_total - first.host_total
+        if elapsed <= 0:
+            return None
+        busy = self.host_busy - first.host_busy
+        parts = ("worker", "ftp", "broker", "own")
+        ours = sum(getattr(self, name) - getattr(first, name) for name in parts)
+        return round(100 * busy / elapsed, 1), round(max(0.0, 100 * (busy - ours) / elapsed), 1)
+
+
+def fd_count(pid: int) -> int | None:
+    """Open file descriptors of a process (a leak grows it); None once it is gone."""
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+
+
+def thread_count(pid: int) -> int | None:
+    """The `Threads:` line of /proc/PID/status (a number, not KiB, read the same way)."""
+    return proc_status_kib(pid, "Threads")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The process's children, from every one of its threads' `children` lists."""
+    children: list[int] = []
+    with suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with suppress(OSError):
+                children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    local_port: int
+    remote_port: int
+    state: str
+    """A name of TCP_STATES, or the kernel's hex code for the rarer states."""
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    with suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def tcp_sockets(pid: int) -> list[TcpSocket]:
+    """The TCP sockets (IPv4 and IPv6) this process holds. /proc/PID/net/tcp lists every
+    socket of the network namespace, so they are matched to the process's own descriptors
+    by inode."""
+    inodes = _socket_inodes(pid)
+    found = []
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and int(fields[9]) in inodes:
+                local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+                found.append(TcpSocket(local, remote, TCP_STATES.get(fields[3], fields[3])))
+    return found
