@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from ulos_py.errors import (
     TaskCrash,
     UploadFailed,
 )
+from ulos_py.file_work import SMALL_BYTES, run_file_work, small_tree, small_zip
 from ulos_py.models import Outcome, RoutingNode, Task, parse_task
 from ulos_py.notices import Event, NoticeContext, Retry
 from ulos_py.ports import (
@@ -103,6 +104,14 @@ async def process(delivery: Delivery, deps: Deps) -> None:
     """Run one delivery to its end and settle it exactly once."""
     context = NoticeContext(deps.node_id, received={})
     report = Reporter(deps.publisher, deps.routes, context, deps.observe())
+    async with AsyncExitStack() as after_settling:  # the workspace goes once the task is settled
+        await _run_and_settle(delivery, deps, report, after_settling)
+    await report.flush()
+
+
+async def _run_and_settle(
+    delivery: Delivery, deps: Deps, report: Reporter, after_settling: AsyncExitStack
+) -> None:
     try:
         received, task = parse_task(delivery.body)
         report.known(received, task.routing_tree)
@@ -113,8 +122,10 @@ async def process(delivery: Delivery, deps: Deps) -> None:
         executor = deps.executors.select(stage.routing_key)
         if executor is None:
             raise NoExecutor(f"no executor matches stage {stage.routing_key!r}")
-        async with workspace(deps.work_dir, task.task_id, deps.cleaner) as space:
-            await _run_stage(task, stage, executor, space, delivery, deps, report)
+        space = await after_settling.enter_async_context(
+            workspace(deps.work_dir, task.task_id, deps.cleaner)
+        )
+        await _run_stage(task, stage, executor, space, delivery, deps, report)
     except TaskCrash as crash:
         if isinstance(crash, MalformedTask) and crash.received is not None:
             report.known(crash.received, stage=None)
@@ -131,7 +142,6 @@ async def process(delivery: Delivery, deps: Deps) -> None:
     else:
         await report.flush()
         await _settle(delivery.ack(), report, Event.ACKED)
-    await report.flush()
 
 
 async def _run_stage(
@@ -147,7 +157,8 @@ async def _run_stage(
         await deps.storage.download(task.file_path, space.archive)
     except StorageError as exc:
         raise DownloadFailed(f"cannot download {task.file_path}: {exc}") from exc
-    await asyncio.to_thread(safe_unpack, space.archive, space.files, deps.limits)
+    small = small_zip(space.archive)
+    await run_file_work(small, safe_unpack, space.archive, space.files, deps.limits)
     report.log(Event.DOWNLOADED, f"downloaded and unpacked {task.file_path}")
     await _lease_if_long(task, delivery, deps, report)
 
@@ -161,7 +172,8 @@ async def _run_stage(
 
     try:
         output = space.files / output_file_name(stage)
-        await asyncio.to_thread(_pack_with_output, space, output, result.output)
+        small = len(result.output) <= SMALL_BYTES and small_tree(space.files)
+        await run_file_work(small, _pack_with_output, space, output, result.output)
         await deps.storage.upload(space.archive, task.file_path)
     except (StorageError, OSError) as exc:
         raise UploadFailed(f"cannot upload {task.file_path}: {exc}") from exc

@@ -3,9 +3,10 @@
 The directory name comes from a fresh temp name, never from the file path, so two tasks
 with the same `filePath` on one node cannot touch each other's files.
 
-Removal runs in the background (`Cleaner`): deleting a few dozen files costs milliseconds of
-disk work that neither the task's ack nor the next delivery needs to wait for. The node
-drains the cleaner before it exits, so nothing is left behind on a graceful stop.
+A workspace is removed after its delivery is settled (`lifecycle.process`), so the ack never
+waits for the disk: a small one at once, on the loop (see `ulos_py.file_work`), a large one
+in the background (`Cleaner`). The node drains the cleaner before it exits, so nothing is
+left behind on a graceful stop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ulos_py.file_work import small_tree
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class Workspace:
 
 
 class Cleaner:
-    """Removes finished workspaces in worker threads while tasks go on.
+    """Removes finished workspaces: small ones at once, large ones in worker threads while
+    tasks go on.
 
     At most `backlog` removals wait at once; past that a task waits for one to finish, so a
     slow disk slows the node down instead of filling up with old workspaces.
@@ -49,7 +53,10 @@ class Cleaner:
         self._removals: set[asyncio.Task[None]] = set()
 
     async def remove(self, root: Path) -> None:
-        """Start removing `root`; returns once it is under way (or done, if cancelled)."""
+        """Remove `root`, or start removing it; done or under way when this returns."""
+        if small_tree(root):
+            shutil.rmtree(root, ignore_errors=True)
+            return
         try:
             await self._room.acquire()
         except asyncio.CancelledError:

@@ -306,6 +306,38 @@ async def test_an_output_file_that_cannot_be_written_is_an_execution_crash(
     node.assert_nothing_uploaded()
 
 
+class WorkspaceWitness(FakeDelivery):
+    """A delivery that notes, when settled, whether the task's workspace still exists."""
+
+    def __init__(self, body: bytes, work_dir: Path) -> None:
+        super().__init__(body)
+        self.work_dir = work_dir
+        self.workspaces_at_settle: list[Path] = []
+
+    async def ack(self) -> None:
+        self.workspaces_at_settle = list(self.work_dir.iterdir())
+        await super().ack()
+
+    async def reject(self, requeue: bool) -> None:
+        self.workspaces_at_settle = list(self.work_dir.iterdir())
+        await super().reject(requeue)
+
+
+@pytest.mark.parametrize("stage", ["pass", "crash"])
+async def test_the_delivery_is_settled_before_its_workspace_is_removed(
+    tmp_path: Path, stage: str
+) -> None:
+    """The ack (or reject) does not wait for the disk: the workspace goes afterwards."""
+    node = make_node(tmp_path)
+    delivery = WorkspaceWitness(encode(task(stage)), node.work_dir)
+
+    await process(delivery, node.deps)
+
+    assert delivery.settled
+    assert len(delivery.workspaces_at_settle) == 1
+    await node.assert_work_dir_empty()
+
+
 async def test_pass_without_success_branch_completes_and_acks(tmp_path: Path) -> None:
     node = make_node(tmp_path)
     message = task("pass")

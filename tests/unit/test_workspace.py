@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 
 from ulos_py import workspace as workspace_module
+from ulos_py.file_work import SMALL_ENTRIES
 from ulos_py.workspace import Cleaner, workspace
 
 REAL_RMTREE = workspace_module.shutil.rmtree
@@ -57,14 +58,29 @@ async def test_a_failing_task_still_has_its_workspace_removed(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_the_block_ends_without_waiting_for_the_disk(tmp_path: Path) -> None:
-    """The ack must not wait for file deletion: removal runs while the task goes on."""
+def fill(folder: Path) -> None:
+    """More files than `file_work` does on the loop: the workspace is removed in a thread."""
+    for n in range(SMALL_ENTRIES + 1):
+        (folder / f"f{n}.txt").write_text("x")
+
+
+async def test_a_small_workspace_is_removed_at_once_without_a_thread(tmp_path: Path) -> None:
+    cleaner = Cleaner()
+    with mock.patch.object(asyncio, "to_thread", side_effect=AssertionError("a thread hop")):
+        async with workspace(tmp_path, "t", cleaner) as space:
+            (space.files / "main.py").write_text("print(1)\n")
+    assert list(tmp_path.iterdir()) == []
+    assert cleaner.pending == 0
+
+
+async def test_a_large_workspace_is_removed_without_waiting_for_the_disk(tmp_path: Path) -> None:
+    """A big tree's deletion runs in a thread while the node goes on."""
     release = threading.Event()
     slow_rmtree = held_rmtree(release)
     cleaner = Cleaner()
     with mock.patch.object(workspace_module.shutil, "rmtree", slow_rmtree):
-        async with workspace(tmp_path, "t", cleaner):
-            pass
+        async with workspace(tmp_path, "t", cleaner) as space:
+            fill(space.files)
         assert cleaner.pending == 1  # the block is over, the removal is not
         assert len(list(tmp_path.iterdir())) == 1
         release.set()
@@ -78,12 +94,12 @@ async def test_a_full_backlog_makes_the_next_task_wait(tmp_path: Path) -> None:
     slow_rmtree = held_rmtree(release)
     cleaner = Cleaner(backlog=1)
     with mock.patch.object(workspace_module.shutil, "rmtree", slow_rmtree):
-        async with workspace(tmp_path, "first", cleaner):
-            pass
+        async with workspace(tmp_path, "first", cleaner) as space:
+            fill(space.files)
 
         async def second() -> None:
-            async with workspace(tmp_path, "second", cleaner):
-                pass
+            async with workspace(tmp_path, "second", cleaner) as space:
+                fill(space.files)
 
         waiting = asyncio.create_task(second())
         await asyncio.sleep(0.1)
@@ -99,12 +115,12 @@ async def test_a_cancelled_wait_for_room_removes_the_workspace_at_once(tmp_path:
     slow_rmtree = held_rmtree(release, only="task-first")
     cleaner = Cleaner(backlog=1)
     with mock.patch.object(workspace_module.shutil, "rmtree", slow_rmtree):
-        async with workspace(tmp_path, "first", cleaner):
-            pass
+        async with workspace(tmp_path, "first", cleaner) as space:
+            fill(space.files)
 
         async def second() -> None:
-            async with workspace(tmp_path, "second", cleaner):
-                pass
+            async with workspace(tmp_path, "second", cleaner) as space:
+                fill(space.files)
 
         waiting = asyncio.create_task(second())
         await asyncio.sleep(0.1)
