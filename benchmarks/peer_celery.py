@@ -6,7 +6,9 @@ zip of 20 files from the same FTP server, unpack it, run a no-op executor, pack,
 back, publish persistent log notices and one confirmed forward to the same exchanges, and
 ack. Configurations, interleaved each round on the same broker, FTP server and zips:
 ulos-py with one process (prefetch 1), Celery prefork -c 1, ulos-py --processes 2
-(prefetch 1 each), Celery prefork -c 2. Then 1 MB and 100 MB zips through the node against
+(prefetch 1 each), Celery prefork -c 2, and ulos-py --processes 2 as shipped (the node's
+default prefetch of 10 and FTP pool of 4: asyncio overlaps one task's waits with another's
+work, which a prefork child cannot). Then 1 MB and 100 MB zips through the node against
 a bare aioftp download+upload of the same file. Only ratios carry over to another machine.
 See README.md here.
 
@@ -80,7 +82,10 @@ INSTALL_HINT = (
 )
 ULOS_NOTICES_PER_TASK = 7  # received … forwarded, acked
 CELERY_NOTICES_PER_TASK = 6  # celery_app.NOTICES_PER_TASK: no `acked` (see there)
-CONFIGS = ("ulos-p1", "celery-c1", "ulos-p2", "celery-c2")
+CONFIGS = ("ulos-p1", "celery-c1", "ulos-p2", "celery-c2", "ulos-p2-default")
+AS_SHIPPED = "-default"
+"""A config suffix: the node with its own prefetch and FTP pool defaults, as an operator
+starts it, rather than one task at a time per process like Celery's prefork children."""
 RATE_TARGETS = {1: 1.3, 2: 1.2}  # ulos-py pN tasks/s over Celery cN, at least
 LARGE_MB = (1, 100)
 RSS_GROWTH_TARGET_MB = 50  # 100 MB zips: node peak RSS at most this much above 10 KB zips
@@ -258,25 +263,27 @@ class Peer:
         return [q for q, _, _ in self.topology.bindings()] + [self.celery_queue]
 
 
-def ulos_side(peer: Peer, processes: int) -> Side:
+def ulos_side(peer: Peer, processes: int, as_shipped: bool = False) -> Side:
     """`ulos-py node --processes N`: the node's default is one worker per core, so even
-    N = 1 is said (a node older than the option is one process anyway)."""
+    N = 1 is said (a node older than the option is one process anyway). `as_shipped`
+    leaves the prefetch count and FTP pool at the node's defaults (10 and 4)."""
     bench = peer.bench
+    name = f"ulos-p{processes}{AS_SHIPPED if as_shipped else ''}"
 
     async def enqueue(tasks: list[dict[str, Any]]) -> None:
         await publish_tasks(bench.channel, bench.topology, [json.dumps(t).encode() for t in tasks])
 
     async def start(log_path: Path) -> NodeProcess:
         env = node_env(bench, connections=1)  # prefetch 1: one transfer at a time per process
-        env["ULOS_WORK_DIR"] = str(bench.tmp / f"ulos-p{processes}-work")
-        env["ULOS_NODE_ID"] = f"{bench.topology.prefix}-ulos-p{processes}"
+        if as_shipped:
+            del env["MESSAGE_BROKER_PREFETCH_COUNT"], env["ULOS_STORAGE_CONNECTIONS"]
+        env["ULOS_WORK_DIR"] = str(bench.tmp / f"{name}-work")
+        env["ULOS_NODE_ID"] = f"{bench.topology.prefix}-{name}"
         flag = ["--processes", str(processes)] if peer.has_processes else []
         return await spawn([*NodeProcess.command(), *flag], env, log_path)
 
     input_queue = bench.topology.queue("input")
-    return Side(
-        f"ulos-p{processes}", "ulos", processes, input_queue, ULOS_NOTICES_PER_TASK, enqueue, start
-    )
+    return Side(name, "ulos", processes, input_queue, ULOS_NOTICES_PER_TASK, enqueue, start)
 
 
 def celery_env(bench: Bench, concurrency: int) -> dict[str, str]:
@@ -547,12 +554,13 @@ async def run_large(peer: Peer, size_mb: int, tasks: int, seed: int) -> LargeRes
 def pick_sides(peer: Peer, configs: list[str]) -> list[Side]:
     sides = []
     for config in configs:
-        kind, _, number = config.partition("-")
+        kind, _, number = config.removesuffix(AS_SHIPPED).partition("-")
         n = int(number[1:])
         if kind == "ulos" and n > 1 and not peer.has_processes:
             say(f"{config}: skipped, this node has no --processes option yet")
             continue
-        sides.append(ulos_side(peer, n) if kind == "ulos" else celery_side(peer, n))
+        as_shipped = config.endswith(AS_SHIPPED)
+        sides.append(ulos_side(peer, n, as_shipped) if kind == "ulos" else celery_side(peer, n))
     return sides
 
 
@@ -668,9 +676,13 @@ def ratios(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The targets: tasks/s ulos-py pN over Celery cN, and machine CPU per task ulos-py ≤
     Celery's; also CPU of the run's own processes only, which other load does not touch."""
     out = []
-    for n, target in RATE_TARGETS.items():
-        ulos, celery = summary.get(f"ulos-p{n}"), summary.get(f"celery-c{n}")
-        pair = f"ulos-p{n} / celery-c{n}"
+    pairs = [(f"ulos-p{n}", n, target) for n, target in RATE_TARGETS.items()]
+    pairs += [(f"ulos-p{n}{AS_SHIPPED}", n, target) for n, target in RATE_TARGETS.items()]
+    for ulos_config, n, target in pairs:
+        if ulos_config not in summary:
+            continue
+        ulos, celery = summary[ulos_config], summary.get(f"celery-c{n}")
+        pair = f"{ulos_config} / celery-c{n}"
         rate = _ratio(ulos, celery, lambda s: s["tasks_per_s"]["median"])
         host = _ratio(ulos, celery, lambda s: s["host_cpu_ms_per_task"])
         run = _ratio(ulos, celery, lambda s: s["run_cpu_ms_per_task"])
@@ -799,9 +811,9 @@ def render(report: dict[str, Any]) -> str:
         f"{report['rounds']} round(s), {report['host']['cpus']} CPUs, "
         f"wall {report['wall_s']:.0f} s",
         "",
-        f"{'phase':<14} {'tasks/s':>8} {'first→last':>10} {'start→1st':>9} {'host CPU':>8} "
+        f"{'phase':<18} {'tasks/s':>8} {'first→last':>10} {'start→1st':>9} {'host CPU':>8} "
         f"{'run CPU':>8} {'CPU ms/task':>15} {'peak RSS':>9} {'host %':>9}  checks",
-        f"{'':<14} {'':>8} {'s':>10} {'s':>9} {'ms/task':>8} {'ms/task':>8} {'wrk/ftp/mq':>15} "
+        f"{'':<18} {'':>8} {'s':>10} {'s':>9} {'ms/task':>8} {'ms/task':>8} {'wrk/ftp/mq':>15} "
         f"{'MiB':>9} {'busy/frgn':>9}",
     ]
     for p in report["phases"]:
@@ -810,7 +822,7 @@ def render(report: dict[str, Any]) -> str:
         host = f"{p['host_cpu_busy_percent']:.0f}/{p['foreign_cpu_percent']:.0f}"
         checks = "; ".join(phase_problems(p)) or "ok"
         lines.append(
-            f"{p['label']:<14} {p['tasks_per_s']:>8.1f} {p['first_to_last_s']:>10.2f} "
+            f"{p['label']:<18} {p['tasks_per_s']:>8.1f} {p['first_to_last_s']:>10.2f} "
             f"{p['start_to_first_s']:>9.2f} {_fmt(p['host_cpu_ms_per_task']):>8} "
             f"{_fmt(p['run_cpu_ms_per_task']):>8} {parts:>15} {_fmt(p['peak_rss_mib']):>9} "
             f"{host:>9}  {checks}"
@@ -832,29 +844,29 @@ def render(report: dict[str, Any]) -> str:
 
 def _render_summary(report: dict[str, Any]) -> list[str]:
     lines = [
-        f"{'configuration':<14} {'tasks/s median (min-max)':>26} {'host CPU ms/task':>17} "
+        f"{'configuration':<16} {'tasks/s median (min-max)':>26} {'host CPU ms/task':>17} "
         f"{'run CPU ms/task':>16} {'worker CPU ms/task':>19} {'peak RSS MiB':>13}"
     ]
     for config, s in report["summary"].items():
         rate = s["tasks_per_s"]
         text = f"{rate['median']:.1f} ({rate['min']:.1f}-{rate['max']:.1f})"
         lines.append(
-            f"{config:<14} {text:>26} {_fmt(s['host_cpu_ms_per_task']):>17} "
+            f"{config:<16} {text:>26} {_fmt(s['host_cpu_ms_per_task']):>17} "
             f"{_fmt(s['run_cpu_ms_per_task']):>16} {s['worker_cpu_ms_per_task']:>19.1f} "
             f"{_fmt(s['peak_rss_mib']):>13}"
         )
     names = [*STEPS, "cycle"]
     widths = [max(7, len(name)) for name in names]
     lines += ["", "median ms per task, from the notices' timestamps (cycle = processes / tasks/s):"]
-    lines.append(f"{'':<14}" + "".join(f" {n:>{w}}" for n, w in zip(names, widths, strict=True)))
+    lines.append(f"{'':<16}" + "".join(f" {n:>{w}}" for n, w in zip(names, widths, strict=True)))
     for config, s in report["summary"].items():
         cells = [_fmt(s["step_ms"].get(step)) for step in STEPS] + [_fmt(s["cycle_ms"])]
         row = "".join(f" {c:>{w}}" for c, w in zip(cells, widths, strict=True))
-        lines.append(f"{config:<14}{row}")
+        lines.append(f"{config:<16}{row}")
     lines.append("")
     for r in report["ratios"]:
         verdict = "meets" if r["met"] else ("n/a" if r["ratio"] is None else "MISSES")
-        lines.append(f"{r['what']:<36} {_fmt(r['ratio'], 2):>6}  target {r['target']:<7} {verdict}")
+        lines.append(f"{r['what']:<42} {_fmt(r['ratio'], 2):>6}  target {r['target']:<7} {verdict}")
     if not report["node_has_processes_option"]:
         lines.append("(ulos-p2 not run: this node has no --processes option yet)")
     return lines
