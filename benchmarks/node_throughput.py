@@ -95,16 +95,19 @@ class NodeProcess:
         return [sys.executable, "-m", "ulos_py", "node"]
 
     @classmethod
-    async def start(cls, env: dict[str, str], log_path: Path) -> NodeProcess:
+    async def start(
+        cls, env: dict[str, str], log_path: Path, command: list[str] | None = None
+    ) -> NodeProcess:
+        """The node, or any worker `command` (its SIGTERM-and-wait stop is generic)."""
         with log_path.open("wb") as log_file:  # the child keeps its own descriptor
             process = await asyncio.create_subprocess_exec(
-                *cls.command(),
+                *(command or cls.command()),
                 cwd=REPO,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops the node
+                start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops the worker
             )
         return cls(process, log_path)
 

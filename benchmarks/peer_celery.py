@@ -231,21 +231,6 @@ class Side:
     start: Callable[[Path], Awaitable[NodeProcess]]
 
 
-async def spawn(command: list[str], env: dict[str, str], log_path: Path) -> NodeProcess:
-    """Any worker command as a NodeProcess (its SIGTERM-and-wait stop is generic)."""
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=REPO,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops the worker
-        )
-    return NodeProcess(process, log_path)
-
-
 @dataclass
 class Peer:
     """The run's fixtures (the node benchmark's Bench) plus the Celery side's queue and app."""
@@ -280,7 +265,7 @@ def ulos_side(peer: Peer, processes: int, as_shipped: bool = False) -> Side:
         env["ULOS_WORK_DIR"] = str(bench.tmp / f"{name}-work")
         env["ULOS_NODE_ID"] = f"{bench.topology.prefix}-{name}"
         flag = ["--processes", str(processes)] if peer.has_processes else []
-        return await spawn([*NodeProcess.command(), *flag], env, log_path)
+        return await NodeProcess.start(env, log_path, [*NodeProcess.command(), *flag])
 
     input_queue = bench.topology.queue("input")
     return Side(name, "ulos", processes, input_queue, ULOS_NOTICES_PER_TASK, enqueue, start)
@@ -338,7 +323,7 @@ def celery_side(peer: Peer, concurrency: int) -> Side:
         ]
         work_dir = bench.tmp / f"celery-c{concurrency}-work"
         work_dir.mkdir(exist_ok=True)
-        return await spawn(command, celery_env(bench, concurrency), log_path)
+        return await NodeProcess.start(celery_env(bench, concurrency), log_path, command)
 
     return Side(
         f"celery-c{concurrency}",
