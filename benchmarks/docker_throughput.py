@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from node_throughput import (
     open_bench,
     prepare_phase,
     quietly,
+    run_and_report,
     run_tmp_dir,
     start_profiler,
     stop_profiler,
@@ -737,6 +737,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tmp-dir", type=Path, help="parent of the run's temp dir (FTP root, node work dirs)"
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per phase")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     parser.add_argument("--out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="record py-spy profiles here")
     parser.add_argument(
@@ -749,27 +750,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    """Run, stopping (and cleaning up) on SIGTERM as on Ctrl-C."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run(args)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        report = asyncio.run(main_async(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted: everything the benchmark started was stopped and deleted")
-        return 130
-    print(render_table(report), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if not report["ok"]:
-        say("FAILED: see the problems above")
-    return 0 if report["ok"] else 1
+    return run_and_report(parse_args(argv), run, render_table)
 
 
 if __name__ == "__main__":

@@ -807,6 +807,8 @@ def run_and_report(
         print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if not report["ok"]:
+        say("FAILED: see the problems above")
     return 0 if report["ok"] else 1
 
 

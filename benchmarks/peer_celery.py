@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -70,6 +69,7 @@ from node_throughput import (
     inspect_node_log,
     node_env,
     quietly,
+    run_and_report,
     start_profiler,
     stop_profiler,
     wait_for_done,
@@ -912,6 +912,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tasks", type=int, default=1000, help="tasks per phase (default 1000)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     parser.add_argument("--out", type=Path, help="also write the JSON report to this file")
     parser.add_argument(
         "--configs",
@@ -948,28 +949,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    """Run, stopping (and cleaning up) on SIGTERM as on Ctrl-C."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if celery_missing():
         say(INSTALL_HINT)
         return 2
-    try:
-        report = asyncio.run(main_async(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted: everything the benchmark started was stopped and deleted")
-        return 130
-    print(render(report), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["ok"] else 1
+    return run_and_report(args, run, render)
 
 
 if __name__ == "__main__":
