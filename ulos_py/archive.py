@@ -104,15 +104,16 @@ def safe_unpack(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
 def pack(src: Path, archive: Path) -> None:
     """Zip the contents of `src` into `archive`; links and special files are not packed."""
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for relative, entry in sorted(_walk(src, ""), key=lambda item: item[0].split("/")):
+        for relative, entry in sorted(tree_entries(src), key=lambda item: item[0].split("/")):
             if entry.is_dir(follow_symlinks=False):
                 zf.write(entry.path, relative + "/")
             else:
                 zf.write(entry.path, relative, compress_type=_compression_for(entry))
 
 
-def _walk(folder: Path | str, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Directories and regular files below `folder`, with their names relative to it.
+def tree_entries(folder: Path | str, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Directories and regular files below `folder`, with their names relative to it
+    (links and special files are left out, and never followed).
 
     `scandir` knows each entry's type from the directory listing, where `rglob` plus
     `is_symlink`/`is_dir`/`is_file` made a system call per question per file.
@@ -122,7 +123,7 @@ def _walk(folder: Path | str, prefix: str) -> Iterator[tuple[str, os.DirEntry[st
             relative = prefix + entry.name
             if entry.is_dir(follow_symlinks=False):
                 yield relative, entry
-                yield from _walk(entry.path, relative + "/")
+                yield from tree_entries(entry.path, relative + "/")
             elif entry.is_file(follow_symlinks=False):
                 yield relative, entry
 

@@ -11,11 +11,12 @@ larger, which could block it for long, always goes to a thread.
 from __future__ import annotations
 
 import asyncio
-import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from ulos_py.archive import tree_entries
 
 SMALL_ENTRIES = 64
 """Files and folders: each costs a file system call or two (creation is the dear one)."""
@@ -43,19 +44,13 @@ def small_zip(archive: Path) -> bool:
 
 def small_tree(folder: Path) -> bool:
     """At most SMALL_ENTRIES entries and SMALL_BYTES of files; stops looking past either."""
-    entries, size = 0, 0
-    pending = [str(folder)]
+    size = 0
     try:
-        while pending:
-            with os.scandir(pending.pop()) as listing:
-                for entry in listing:
-                    entries += 1
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        size += entry.stat(follow_symlinks=False).st_size
-                    if entries > SMALL_ENTRIES or size > SMALL_BYTES:
-                        return False
+        for count, (_, entry) in enumerate(tree_entries(folder), start=1):
+            if entry.is_file(follow_symlinks=False):
+                size += entry.stat(follow_symlinks=False).st_size
+            if count > SMALL_ENTRIES or size > SMALL_BYTES:
+                return False
     except OSError:
         return False
     return True
