@@ -119,10 +119,11 @@ class _Client(aioftp.Client):
     ) -> Any:
         """aioftp sends TYPE before every transfer, but the server keeps it for the session
         (RFC 959): a repeat is a round trip per transfer for nothing."""
-        if command is not None and command.startswith("TYPE ") and command == self._type:
+        sets_type = command is not None and command.startswith("TYPE ")
+        if sets_type and command == self._type:
             return None
         answer = await super().command(command, expected_codes, wait_codes, censor_after)
-        if command is not None and command.startswith("TYPE "):
+        if sets_type:
             self._type = command
         return answer
 
