@@ -124,20 +124,10 @@ class RabbitDelivery:
         return 2 if self._message.redelivered else 1
 
     async def requeue_counted(self) -> None:
-        message = self._message
-        headers = {**(message.headers or {}), DELIVERIES_HEADER: self.delivery_count + 1}
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            message_id=message.message_id,
-        )
         try:
-            await self._publisher.publish_raw(copy, exchange="", routing_key=self._queue)
+            await self._publisher.publish_raw(
+                self._copy(self.delivery_count + 1), exchange="", routing_key=self._queue
+            )
         except PublishError as exc:
             raise SettleFailed(f"cannot requeue: {exc}") from exc
         await self.ack()
