@@ -1,14 +1,26 @@
-"""A task's whole life, top to bottom: the only place that acks or rejects a delivery.
+"""A task's whole life, top to bottom: the only place that decides how a delivery is settled.
 
     parse → stage → executor → download → unpack → execute → pack → upload → forward → ack
 
 Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject (or,
-with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES). A
-cancellation (node shutdown) is not a failure: the delivery goes back to the queue.
+with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES: a
+counted copy back on the queue, then the ack). A cancellation (node shutdown) is not a
+failure: the delivery goes back to the queue.
 
 A task that may run longer than the broker lets a delivery go unacknowledged is leased
 (`Delivery.detach`) before it executes, so the broker cannot close the channel under it and
 hand it to another node; the lease is settled like the delivery would have been.
+
+Two broker acks/rejects happen in the adapter (rabbitmq_deliveries), and must:
+- taking a lease acks the delivery. That ack ends no task: it hands the task over to its
+  lease, and is valid only between broker steps the lifecycle does not see (after the copy
+  in the lease queue is confirmed and the prefetch window narrowed; if it fails the lease
+  queue must go). The lifecycle settles the lease later, with `ack` or `reject`, which the
+  adapter turns into deleting the lease or publishing a copy back first.
+- the consumer rejects a copy marked `x-ulos-rejected` without handing it on. It is the end
+  of a reject for good that a lifecycle already decided and reported for a leased task (whose
+  own delivery was gone, so it cannot be dead-lettered directly); handed on, it would run
+  as a new task.
 """
 
 from __future__ import annotations
@@ -269,7 +281,14 @@ async def _give_back(delivery: Delivery, deps: Deps, report: Reporter, crash: Ta
     if retry.given_up:
         await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)
     else:
-        await _settle(delivery.requeue_counted(), report, Event.REJECTED, requeued=True)
+        await _settle(_requeue_counted(delivery), report, Event.REJECTED, requeued=True)
+
+
+async def _requeue_counted(delivery: Delivery) -> None:
+    """A counted copy goes to the tail of the queue, then the delivery is acked; a copy the
+    broker did not confirm is no ack (the broker delivers the task again)."""
+    await delivery.put_back_counted()
+    await delivery.ack()
 
 
 async def _settle(

@@ -35,11 +35,12 @@ class Delivery(Protocol):
 
     @property
     def delivery_count(self) -> int:
-        """1 the first time; counted across requeues (see `requeue_counted`)."""
+        """1 the first time; counted across requeues (see `put_back_counted`)."""
 
-    async def requeue_counted(self) -> None:
-        """Back to its queue (at the tail) with its delivery count raised, confirmed before
-        this delivery is acked; raises SettleFailed. A plain requeue cannot be counted on a
+    async def put_back_counted(self) -> None:
+        """Publish a copy of the task to the tail of its queue with its delivery count
+        raised, confirmed by the broker; raises SettleFailed. Not a settle: the lifecycle
+        acks the delivery once the copy is safe. A plain requeue cannot be counted on a
         classic queue, and a task that crashes every time would loop for ever."""
 
     async def detach(self, seconds: float) -> bool:
@@ -48,8 +49,8 @@ class Delivery(Protocol):
         and hand it to another node while it still runs).
 
         The task is then held by a lease of `seconds`: if the node dies, the broker gives the
-        task back to its queue when the lease runs out; while the node lives, `ack`, `reject`
-        and `requeue_counted` settle the lease as they would the delivery. False when no
+        task back to its queue when the lease runs out; while the node lives, `ack` and
+        `reject` settle the lease as they would the delivery. False when no
         lease could be taken (the delivery is as it was); raises SettleFailed when the
         delivery was lost meanwhile (the broker delivers it again: the task must stop)."""
 

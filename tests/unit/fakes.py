@@ -55,6 +55,8 @@ class FakeDelivery:
         self.acked = False
         self.rejected = False
         self.requeue: bool | None = None
+        self.put_back = False
+        """A counted copy went back to the queue (`put_back_counted`)."""
         self.settle_attempts = 0
         self._journal = journal if journal is not None else []
         self.lease = lease
@@ -82,11 +84,14 @@ class FakeDelivery:
         self.rejected = True
         self.requeue = requeue
 
-    async def requeue_counted(self) -> None:
-        """Counted requeue (republish, then ack): for these tests, a reject with requeue."""
-        self._attempt("requeue_counted")
-        self.rejected = True
-        self.requeue = True
+    async def put_back_counted(self) -> None:
+        """Not a settle: the counted copy the lifecycle acks the delivery after."""
+        if self.settled or self.put_back:
+            raise AssertionError("put back after a settle, or twice")
+        self._journal.append("put_back_counted")
+        if self.settle_fails:
+            raise SettleFailed("channel closed before the counted copy was confirmed")
+        self.put_back = True
 
     async def detach(self, seconds: float) -> bool:
         """Not a settle: the lease is settled later by ack or reject, exactly once."""

@@ -1,6 +1,6 @@
 """A consumed delivery as the lifecycle settles it, and the consumer that hands them out.
 
-Besides ack and reject, a delivery can be put back counted (`requeue_counted`, so a task
+Besides ack and reject, a delivery can be put back counted (`put_back_counted`, so a task
 that crashes every time stops after ULOS_MAX_DELIVERIES) and leased (`detach`, for a task
 that may outlast the broker's consumer timeout: the task moves into a queue of its own
 whose TTL dead-letters it back if the node dies). Leases borrow places from the prefetch
@@ -123,21 +123,20 @@ class RabbitDelivery:
             return quorum + 1
         return 2 if self._message.redelivered else 1
 
-    async def requeue_counted(self) -> None:
+    async def put_back_counted(self) -> None:
         try:
             await self._publisher.publish_raw(
                 self._copy(self.delivery_count + 1), exchange="", routing_key=self._queue
             )
         except PublishError as exc:
             raise SettleFailed(f"cannot requeue: {exc}") from exc
-        await self.ack()
 
     async def detach(self, seconds: float) -> bool:
         """Lease the task: a confirmed copy goes into a queue of its own whose TTL is `seconds`
         and whose dead-letter target is this delivery's queue, then the delivery is acked.
 
-        While the node lives it settles the lease (`ack` deletes it; `reject` and
-        `requeue_counted` put a copy back on the queue first); if the node dies, the broker
+        While the node lives it settles the lease (`ack` deletes it; `reject` puts a copy
+        back on the queue first); if the node dies, the broker
         dead-letters the task back to its queue when the TTL runs out. A lease uses only
         what every RabbitMQ since 3.0 has (message TTL, dead-lettering, queue expiry).
         """
@@ -160,7 +159,7 @@ class RabbitDelivery:
             await _delete_queue(self._connection, name)
             return False
         await self._window.narrow()  # before the ack frees the delivery's place
-        try:
+        try:  # the task is the lease's now; the lifecycle settles the lease, not this ack
             await self._message.ack()
         except BROKER_LOST as exc:
             await _delete_queue(self._connection, name)  # the broker delivers the task again
@@ -273,7 +272,9 @@ async def consume(
     channel's prefetch count (0: none), whose window leases narrow (see PrefetchWindow)."""
 
     async def deliver(message: AbstractIncomingMessage) -> None:
-        if _rejected_for_good(message):  # its node decided and reported; the queue dead-letters
+        # Settled here, not in the lifecycle: another node's lifecycle already rejected this
+        # task for good and reported it; this reject only lets the queue dead-letter it.
+        if _rejected_for_good(message):
             log.info("leased_task_rejected", queue=queue.name, message_id=message.message_id)
             with suppress(*BROKER_LOST):  # if not, the broker delivers it again
                 await message.reject(requeue=False)
