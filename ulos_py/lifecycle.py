@@ -8,7 +8,7 @@ counted copy back on the queue, then the ack). A cancellation (node shutdown) is
 failure: the delivery goes back to the queue.
 
 A task that may run longer than the broker lets a delivery go unacknowledged is leased
-(`Delivery.detach`) before it executes, so the broker cannot close the channel under it and
+(`Delivery.lease`) before it executes, so the broker cannot close the channel under it and
 hand it to another node; the lease is settled like the delivery would have been.
 
 Two broker acks/rejects happen in the adapter (rabbitmq_deliveries), and must:
@@ -49,7 +49,7 @@ from ulos_py.errors import (
 )
 from ulos_py.file_work import SMALL_BYTES, run_file_work, small_tree, small_zip
 from ulos_py.models import Outcome, RoutingNode, Task, parse_task
-from ulos_py.notices import Event, NoticeContext, Retry
+from ulos_py.notices import DeliveryBudget, Event, NoticeContext
 from ulos_py.ports import (
     Delivery,
     Envelope,
@@ -126,7 +126,7 @@ async def _run_and_settle(
 ) -> None:
     try:
         received, task = parse_task(delivery.body)
-        report.known(received, task.routing_tree)
+        report.carry_task(received, task.routing_tree)
         count = delivery.delivery_count
         note = f" (redelivered, delivery {count})" if count > 1 else ""
         report.log(Event.RECEIVED, f"task {task.task_id} received{note}", redelivered=count > 1)
@@ -140,17 +140,17 @@ async def _run_and_settle(
         await _run_stage(task, stage, executor, space, delivery, deps, report)
     except TaskCrash as crash:
         if isinstance(crash, MalformedTask) and crash.received is not None:
-            report.known(crash.received, stage=None)
-        await _give_back(delivery, deps, report, crash)
+            report.carry_task(crash.received, stage=None)
+        await _settle_crash(delivery, deps, report, crash)
     except asyncio.CancelledError:
-        await asyncio.shield(_return_to_queue(delivery, report))
+        await asyncio.shield(_hand_back_unfinished(delivery, report))
         raise
     except SettleFailed as exc:  # lost while being leased: the broker delivers it again
         log.warning("delivery_lost", reason=str(exc))
     except Exception as exc:  # a bug of ours must not kill the node or lose the task
         log.exception("internal_error")
         internal = ExecutionCrashed(f"internal error in the node: {exc!r}")
-        await _give_back(delivery, deps, report, internal)
+        await _settle_crash(delivery, deps, report, internal)
     else:
         await report.flush()
         await _settle(delivery.ack(), report, Event.ACKED)
@@ -225,12 +225,12 @@ def _pack_with_output(space: Workspace, output_file: Path, output: str) -> None:
 
 
 async def _lease_if_long(task: Task, delivery: Delivery, deps: Deps, report: Reporter) -> None:
-    """Lease a task that may outlast the broker's consumer timeout (see `Delivery.detach`)."""
+    """Lease a task that may outlast the broker's consumer timeout (see `Delivery.lease`)."""
     seconds = deps.ack_timeout.lease_for(task.timeout)
     if seconds is None:
         return
     limit = f"{deps.ack_timeout.seconds:g} s"
-    if await delivery.detach(seconds):
+    if await delivery.lease(seconds):
         report.log(
             Event.LEASED,
             f"may run past the broker's consumer timeout ({limit}): leased for {seconds:g} s",
@@ -267,8 +267,9 @@ def _timed_out(executor: Executor, seconds: float) -> ExecutionResult:
     raise ExecutionTimedOut(message)
 
 
-async def _give_back(delivery: Delivery, deps: Deps, report: Reporter, crash: TaskCrash) -> None:
-    """A crashed task is rejected, or requeued (counted) while under the delivery limit.
+async def _settle_crash(delivery: Delivery, deps: Deps, report: Reporter, crash: TaskCrash) -> None:
+    """A crashed task is rejected for good, or, with MESSAGE_BROKER_REQUEUE_ON_REJECT and
+    deliveries left in its budget, requeued (counted).
 
     A malformed message is never requeued: it cannot get better.
     """
@@ -276,9 +277,9 @@ async def _give_back(delivery: Delivery, deps: Deps, report: Reporter, crash: Ta
         report.crash(crash)
         await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)
         return
-    retry = Retry(delivery.delivery_count, deps.max_deliveries)
-    report.crash(crash, retry)
-    if retry.given_up:
+    budget = DeliveryBudget(delivery.delivery_count, deps.max_deliveries)
+    report.crash(crash, budget)
+    if budget.spent:
         await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)
     else:
         await _settle(_requeue_counted(delivery), report, Event.REJECTED, requeued=True)
@@ -303,7 +304,7 @@ async def _settle(
     report.log(event, f"delivery {verb}", **fields)
 
 
-async def _return_to_queue(delivery: Delivery, report: Reporter) -> None:
+async def _hand_back_unfinished(delivery: Delivery, report: Reporter) -> None:
     """On shutdown, hand an unfinished delivery back so another node can take it."""
     # If the channel is gone the broker requeues unacked messages by itself.
     with suppress(SettleFailed):

@@ -35,7 +35,7 @@ import structlog
 from docker.types import LogConfig
 
 from ulos_py.errors import EngineUnavailable, ExecutionCrashed, ImageMissing
-from ulos_py.ports import ContainerExit, ContainerSpec
+from ulos_py.execution.containers import ContainerExit, ContainerSpec
 
 log = structlog.get_logger(__name__)
 
@@ -180,16 +180,6 @@ class DockerEngine:
     def leftovers(self) -> frozenset[str]:
         """Containers (ids or names) whose removal awaits the engine's return."""
         return self._leftovers.pending
-
-    async def image_exists(self, image: str) -> bool:
-        def exists(api: docker.APIClient) -> bool:
-            try:
-                api.inspect_image(image)
-            except docker.errors.ImageNotFound:
-                return False
-            return True
-
-        return await self.call(f"looking for image {image!r}", exists)
 
     def close(self) -> None:
         self._leftovers.stop()

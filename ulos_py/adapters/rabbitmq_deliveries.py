@@ -1,7 +1,7 @@
 """A consumed delivery as the lifecycle settles it, and the consumer that hands them out.
 
 Besides ack and reject, a delivery can be put back counted (`put_back_counted`, so a task
-that crashes every time stops after ULOS_MAX_DELIVERIES) and leased (`detach`, for a task
+that crashes every time stops after ULOS_MAX_DELIVERIES) and leased (`lease`, for a task
 that may outlast the broker's consumer timeout: the task moves into a queue of its own
 whose TTL dead-letters it back if the node dies). Leases borrow places from the prefetch
 window (`PrefetchWindow`), which is why the consumer lives here too.
@@ -36,7 +36,7 @@ DELIVERIES_HEADER = "x-ulos-deliveries"
 """Our count of a message's deliveries, carried across counted requeues."""
 
 LEASE_PREFIX = "ulos-lease."
-"""Names of the queues that hold leased tasks (see `RabbitDelivery.detach`). A broker user
+"""Names of the queues that hold leased tasks (see `RabbitDelivery.lease`). A broker user
 with restricted permissions needs configure, write and read on `^ulos-lease\\.`."""
 LEASE_QUEUE_GRACE = 60.0
 """Seconds a lease queue outlives its task's TTL (`x-expires`): a queue that expires drops
@@ -79,8 +79,8 @@ class RabbitDelivery:
         self._queue = consumer.queue
         self._publisher = consumer.publisher
         self._window = consumer.window
-        self._lease: str | None = None
-        """The lease queue holding the task once `detach` took it off the delivery."""
+        self._lease_queue: str | None = None
+        """The lease queue holding the task once `lease` took it off the delivery."""
 
     @property
     def body(self) -> bytes:
@@ -90,12 +90,8 @@ class RabbitDelivery:
     def priority(self) -> int | None:
         return self._message.priority
 
-    @property
-    def redelivered(self) -> bool:
-        return bool(self._message.redelivered)
-
     async def ack(self) -> None:
-        if self._lease is not None:
+        if self._lease_queue is not None:
             await self._release_lease()
             return
         try:
@@ -104,7 +100,7 @@ class RabbitDelivery:
             raise SettleFailed(f"cannot ack, broker connection lost: {exc}") from exc
 
     async def reject(self, requeue: bool) -> None:
-        if self._lease is not None:
+        if self._lease_queue is not None:
             await self._return_leased(requeue)
             return
         try:
@@ -131,7 +127,7 @@ class RabbitDelivery:
         except PublishError as exc:
             raise SettleFailed(f"cannot requeue: {exc}") from exc
 
-    async def detach(self, seconds: float) -> bool:
+    async def lease(self, seconds: float) -> bool:
         """Lease the task: a confirmed copy goes into a queue of its own whose TTL is `seconds`
         and whose dead-letter target is this delivery's queue, then the delivery is acked.
 
@@ -140,7 +136,7 @@ class RabbitDelivery:
         dead-letters the task back to its queue when the TTL runs out. A lease uses only
         what every RabbitMQ since 3.0 has (message TTL, dead-lettering, queue expiry).
         """
-        if self._lease is not None:
+        if self._lease_queue is not None:
             return True
         stage = self._queue.encode()[:200].decode(errors="ignore")  # names are <= 255 bytes
         name = f"{LEASE_PREFIX}{stage}.{uuid.uuid4().hex}"
@@ -165,20 +161,21 @@ class RabbitDelivery:
             await _delete_queue(self._connection, name)  # the broker delivers the task again
             await self._window.widen()
             raise SettleFailed(f"cannot lease the task, broker connection lost: {exc}") from exc
-        self._lease = name
+        self._lease_queue = name
         return True
 
     async def _release_lease(self) -> None:
         """The leased task is settled: delete its lease, which nobody may run again."""
-        assert self._lease is not None
+        assert self._lease_queue is not None
         try:
-            held = await _delete_queue(self._connection, self._lease)
+            held = await _delete_queue(self._connection, self._lease_queue)
         finally:  # the task no longer holds a slot of the node, whatever the broker said
             await self._window.widen()
         if held is None:
-            raise SettleFailed(f"cannot delete the lease {self._lease}: broker connection lost")
+            lost = f"cannot delete the lease {self._lease_queue}: broker connection lost"
+            raise SettleFailed(lost)
         if held == 0:  # the TTL ran out first: the broker has given the task back already
-            log.warning("lease_expired", lease=self._lease, queue=self._queue)
+            log.warning("lease_expired", lease=self._lease_queue, queue=self._queue)
 
     async def _return_leased(self, requeue: bool) -> None:
         """Put a leased task back on its queue: to be run again (counted as a delivery), or,

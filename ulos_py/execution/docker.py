@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ulos_py.archive import ArchiveLimits
+from ulos_py.execution.containers import ContainerEngine, ContainerExit, ContainerSpec
 from ulos_py.execution.docker_spec import DockerExecutorSpec, parse_size
 from ulos_py.execution.transfer import (
     pack_for_container,
@@ -23,13 +24,7 @@ from ulos_py.execution.transfer import (
     unpack_from_container,
 )
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import (
-    ContainerEngine,
-    ContainerExit,
-    ContainerSpec,
-    ExecutionResult,
-    TimeoutPolicy,
-)
+from ulos_py.ports import ExecutionResult, TimeoutPolicy
 
 
 @dataclass(frozen=True)
