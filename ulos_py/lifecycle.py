@@ -30,10 +30,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from ulos_py.archive import ArchiveLimits, pack, safe_unpack
+from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import (
     DownloadFailed,
     ExecutionCrashed,
@@ -47,7 +48,7 @@ from ulos_py.errors import (
     TaskCrash,
     UploadFailed,
 )
-from ulos_py.file_work import SMALL_BYTES, run_file_work, small_tree, small_zip
+from ulos_py.file_work import pack_results, unpack_submission
 from ulos_py.models import Outcome, RoutingNode, Task, parse_task
 from ulos_py.notices import DeliveryBudget, Event, NoticeContext
 from ulos_py.ports import (
@@ -137,7 +138,7 @@ async def _run_and_settle(
         space = await after_settling.enter_async_context(
             workspace(deps.work_dir, task.task_id, deps.cleaner)
         )
-        await _run_stage(task, stage, executor, space, delivery, deps, report)
+        await _run_stage(received, task, stage, executor, space, delivery, deps, report)
     except TaskCrash as crash:
         if isinstance(crash, MalformedTask) and crash.received is not None:
             report.carry_task(crash.received, stage=None)
@@ -157,6 +158,7 @@ async def _run_and_settle(
 
 
 async def _run_stage(
+    received: dict[str, Any],
     task: Task,
     stage: RoutingNode,
     executor: Executor,
@@ -169,8 +171,7 @@ async def _run_stage(
         await deps.storage.download(task.file_path, space.archive)
     except StorageError as exc:
         raise DownloadFailed(f"cannot download {task.file_path}: {exc}") from exc
-    small = small_zip(space.archive)
-    await run_file_work(small, safe_unpack, space.archive, space.files, deps.limits)
+    await unpack_submission(space.archive, space.files, deps.limits)
     report.log(Event.DOWNLOADED, f"downloaded and unpacked {task.file_path}")
     await _lease_if_long(task, delivery, deps, report)
 
@@ -184,25 +185,37 @@ async def _run_stage(
 
     try:
         output = space.files / output_file_name(stage)
-        small = len(result.output) <= SMALL_BYTES and small_tree(space.files)
-        await run_file_work(small, _pack_with_output, space, output, result.output)
+        await pack_results(space.files, output, result.output, space.archive)
         await deps.storage.upload(space.archive, task.file_path)
     except (StorageError, OSError) as exc:
         raise UploadFailed(f"cannot upload {task.file_path}: {exc}") from exc
     report.log(Event.UPLOADED, f"uploaded results to {task.file_path}")
 
-    hop = next_hop(stage, result.outcome)
+    await _forward(received, task, stage, result.outcome, delivery.priority, deps, report)
+
+
+async def _forward(
+    received: dict[str, Any],
+    task: Task,
+    stage: RoutingNode,
+    outcome: Outcome,
+    priority: int | None,
+    deps: Deps,
+    report: Reporter,
+) -> None:
+    """The task as received goes on to the stage its outcome leads to, if any."""
+    hop = next_hop(stage, outcome)
     if hop is None:
-        report.log(Event.COMPLETED, f"no stage follows {result.outcome.value}: journey ends here")
+        report.log(Event.COMPLETED, f"no stage follows {outcome.value}: journey ends here")
         return
     target = f"exchange {hop.exchange!r} routing key {hop.routing_key!r}"
     envelope = Envelope(
         hop.exchange,
         hop.routing_key,
-        forward_body(report.context.received, hop),
-        message_id=forward_message_id(task, stage, result.outcome),
+        forward_body(received, hop),
+        message_id=forward_message_id(task, stage, outcome),
         correlation_id=task.task_id,
-        priority=delivery.priority,
+        priority=priority,
     )
     # The notices so far are confirmed while the forward is: one round trip, not two.
     notices = asyncio.ensure_future(report.flush())
@@ -213,15 +226,6 @@ async def _run_stage(
     finally:
         await notices
     report.log(Event.FORWARDED, f"forwarded to {target}", target=hop.wire())
-
-
-def _pack_with_output(space: Workspace, output_file: Path, output: str) -> None:
-    """The stage's output file, then the zip to upload: one trip to a worker thread."""
-    try:
-        output_file.write_text(output, encoding="utf-8")
-    except OSError as exc:  # e.g. the executor left a directory of that name
-        raise ExecutionCrashed(f"cannot write the output file {output_file.name}: {exc}") from exc
-    pack(space.files, space.archive)
 
 
 async def _lease_if_long(task: Task, delivery: Delivery, deps: Deps, report: Reporter) -> None:
