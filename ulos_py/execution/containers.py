@@ -51,11 +51,12 @@ class Container(Protocol):
         """stdout and stderr, interleaved, at most the spec's `output_bytes` (the tail)."""
 
     async def copy_out(self, path: str, into: BinaryIO, max_bytes: int) -> None:
-        """Write `path` as a tar stream into `into`; raise ExecutionCrashed past `max_bytes`."""
+        """Write `path` as a tar stream into `into`; raise EngineError past `max_bytes`."""
 
 
 class ContainerEngine(Protocol):
-    """Raises EngineUnavailable, ImageMissing or ExecutionCrashed; never library errors."""
+    """Raises EngineError (EngineUnavailable, ImageMissing, or the engine's refusal); never
+    library errors. The docker executor turns them into the task's ExecutionCrashed."""
 
     def container(self, spec: ContainerSpec) -> AbstractAsyncContextManager[Container]:
         """Create a container; on every way out, even cancellation, kill and remove it."""
