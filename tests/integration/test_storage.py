@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.harness import (
+    Pipeline,
+    make_zip,
+    node_settings,
+    pipeline,
+    running_node,
+    stage,
+    task,
+)
+from tests.support.services import Broker, FtpServer, Names
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.errors import ConfigError, StorageRefused
 from ulos_py.node import run_node

@@ -19,8 +19,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import (
+from tests.support.harness import (
     Pipeline,
     make_zip,
     node_settings,
@@ -30,7 +29,8 @@ from tests.harness import (
     task,
     zip_names,
 )
-from tests.tls_servers import UNNAMED_HOST, Certificates, TlsBroker
+from tests.support.services import Broker, FtpServer, Names
+from tests.support.tls_servers import UNNAMED_HOST, Certificates, TlsBroker
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.errors import BrokerUnavailable, ConfigError, StorageRefused
