@@ -9,6 +9,7 @@ answer FAILS the run with a clear message: a skipped integration test proves not
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -42,7 +43,27 @@ def broker() -> Broker:
             "scripts/test, which installs and starts it.",
             pytrace=False,
         )
-    return Broker(BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASSWORD)
+    found = Broker(BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASSWORD)
+    asyncio.run(declare_cancellations(found))
+    return found
+
+
+CANCEL_EXCHANGE = CANCEL_STREAM = "ulos-cancellations"
+"""The nodes' default cancellation exchange and stream (SPEC §8): every node needs them, as
+`topology apply` declares them in a deployment. Tests share them (task ids never repeat)."""
+
+
+async def declare_cancellations(broker: Broker) -> None:
+    connection = await aio_pika.connect(broker.url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(CANCEL_EXCHANGE, "fanout", durable=True)
+        stream = await channel.declare_queue(
+            CANCEL_STREAM,
+            durable=True,
+            arguments={"x-queue-type": "stream", "x-max-age": "86400s"},
+        )
+        await stream.bind(exchange, "")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,8 @@
         ├── ExecutionCrashed
         ├── ExecutionTimedOut
         ├── UploadFailed
-        └── ForwardFailed        the next stage could not be delivered
+        ├── ForwardFailed        the next stage could not be delivered
+        └── TaskCancelled        an operator cancelled it (carries who, why and when)
 
 Adapters raise StorageError/PublishError/EngineError; the lifecycle (or, for the engine, the
 docker executor) turns them into the TaskCrash of the step that failed, chained, so the
@@ -57,6 +58,9 @@ class CrashKind(StrEnum):
     """The results could not be stored back."""
     FORWARD = "forward"
     """The next stage could not be delivered."""
+    CANCELLED = "cancelled"
+    """An operator cancelled the task (`ulos-py cancel`, the tracker): it is acked, never
+    requeued."""
 
 
 class UlosError(Exception):
@@ -169,6 +173,18 @@ class UploadFailed(TaskCrash):
 
 class ForwardFailed(TaskCrash):
     kind = CrashKind.FORWARD
+
+
+class TaskCancelled(TaskCrash):
+    """Cancelled by `by` for `reason` at `at` (RFC 3339); the notice carries all three."""
+
+    kind = CrashKind.CANCELLED
+
+    def __init__(self, detail: str, by: str, reason: str, at: str) -> None:
+        super().__init__(detail)
+        self.by = by
+        self.reason = reason
+        self.at = at
 
 
 class SettleFailed(UlosError):

@@ -4,8 +4,11 @@
 
 Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject (or,
 with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES: a
-counted copy back on the queue, then the ack). A cancellation (node shutdown) is not a
-failure: the delivery goes back to the queue.
+counted copy back on the queue, then the ack). A cancellation of the asyncio task (node
+shutdown) is not a failure: the delivery goes back to the queue. An operator's cancel of the
+task (`ulos_py.cancellation`) is another thing: from its receipt to the end of its execution
+the task runs in a cancel scope, which stops it with TaskCancelled; that crash is acked,
+never requeued, since nobody wants the task any more.
 
 A task that may run longer than the broker lets a delivery go unacknowledged is leased
 (`Delivery.lease`) before it executes, so the broker cannot close the channel under it and
@@ -35,6 +38,7 @@ from typing import Any
 import structlog
 
 from ulos_py.archive import ArchiveLimits
+from ulos_py.cancellation import CancelBoard, CancelScope
 from ulos_py.errors import (
     DownloadFailed,
     ExecutionCrashed,
@@ -45,6 +49,7 @@ from ulos_py.errors import (
     PublishError,
     SettleFailed,
     StorageError,
+    TaskCancelled,
     TaskCrash,
     UploadFailed,
 )
@@ -111,6 +116,8 @@ class Deps:
     ack_timeout: AckTimeout = field(default_factory=AckTimeout)
     cleaner: Cleaner = field(default_factory=Cleaner)
     """Removes finished workspaces in the background; the node drains it before exiting."""
+    cancellations: CancelBoard = field(default_factory=CancelBoard)
+    """The cancellations the node knows, fed from the broker (nobody cancels by default)."""
 
 
 async def process(delivery: Delivery, deps: Deps) -> None:
@@ -135,10 +142,11 @@ async def _run_and_settle(
         executor = deps.executors.select(stage.routing_key)
         if executor is None:
             raise NoExecutor(f"no executor matches stage {stage.routing_key!r}")
-        space = await after_settling.enter_async_context(
-            workspace(deps.work_dir, task.task_id, deps.cleaner)
-        )
-        await _run_stage(received, task, stage, executor, space, delivery, deps, report)
+        async with deps.cancellations.scope(task.task_id) as scope:
+            space = await after_settling.enter_async_context(
+                workspace(deps.work_dir, task.task_id, deps.cleaner)
+            )
+            await _run_stage(received, task, stage, executor, space, delivery, deps, report, scope)
     except TaskCrash as crash:
         if isinstance(crash, MalformedTask) and crash.received is not None:
             report.carry_task(crash.received, stage=None)
@@ -166,6 +174,7 @@ async def _run_stage(
     delivery: Delivery,
     deps: Deps,
     report: Reporter,
+    scope: CancelScope,
 ) -> None:
     try:
         await deps.storage.download(task.file_path, space.archive)
@@ -177,6 +186,7 @@ async def _run_stage(
 
     report.log(Event.EXECUTION_STARTED, f"executor {executor.name} started")
     result = await _execute(executor, space.files, stage, task.timeout)
+    scope.close()  # a cancel from here on stops the task at its next stage
     report.log(
         Event.EXECUTION_FINISHED,
         f"executor {executor.name} finished: {result.outcome.value}",
@@ -275,8 +285,13 @@ async def _settle_crash(delivery: Delivery, deps: Deps, report: Reporter, crash:
     """A crashed task is rejected for good, or, with MESSAGE_BROKER_REQUEUE_ON_REJECT and
     deliveries left in its budget, requeued (counted).
 
-    A malformed message is never requeued: it cannot get better.
+    A malformed message is never requeued: it cannot get better. A cancelled task is acked:
+    nobody wants it any more, so it goes neither back nor to the dead letters.
     """
+    if isinstance(crash, TaskCancelled):
+        report.crash(crash)
+        await _settle(delivery.ack(), report, Event.ACKED)
+        return
     if not deps.requeue_on_reject or isinstance(crash, MalformedTask):
         report.crash(crash)
         await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)

@@ -23,9 +23,11 @@ import structlog
 import uvloop
 
 from ulos_py.adapters import rabbitmq, rabbitmq_deliveries
+from ulos_py.adapters.cancellations import follow_cancellations
 from ulos_py.adapters.docker_engine import DockerEngine
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.archive import ArchiveLimits
+from ulos_py.cancellation import CancelBoard, CancellationMemory
 from ulos_py.errors import ConfigError, StorageUnavailable
 from ulos_py.execution.docker import DockerExecutor
 from ulos_py.execution.docker_spec import DockerExecutorSpec
@@ -130,6 +132,11 @@ async def _serve(
             await storage.check_login()
         except StorageUnavailable as exc:  # tasks retry, and crash as `download` meanwhile
             log.warning("storage_unreachable", reason=str(exc))
+        # Before the first task: one cancelled before the node started must be known to it.
+        board = CancelBoard(CancellationMemory(settings.cancel_memory, settings.cancel_retention))
+        stop_following = await follow_cancellations(
+            connection, settings.cancel_exchange, settings.cancel_stream, board
+        )
         queue = await rabbitmq_deliveries.open_queue(
             connection, settings.consumption_queue, settings.prefetch_count
         )
@@ -150,6 +157,7 @@ async def _serve(
             max_deliveries=settings.max_deliveries,
             ack_timeout=AckTimeout(settings.broker_consumer_timeout, settings.lease_margin),
             cleaner=Cleaner(backlog=settings.concurrency),
+            cancellations=board,
             # about 30 µs a task: paid only when someone can scrape the result
             observe=metrics.observer if settings.metrics_port else no_observer,
         )
@@ -164,7 +172,8 @@ async def _serve(
         log.info("stopping", in_flight=pool.in_flight)
         metrics.set_consuming(False)
         await stop_consuming()
-        await pool.drain(settings.shutdown_grace)
+        await pool.drain(settings.shutdown_grace)  # a cancel still stops a draining task
+        await stop_following()
         await deps.cleaner.drain()
     finally:
         metrics.set_consuming(False)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from ulos_py.errors import MalformedTask, TaskCrash
+from ulos_py.errors import MalformedTask, TaskCancelled, TaskCrash
 from ulos_py.models import RoutingNode
 
 RAW_BODY_LIMIT = 4096
@@ -107,6 +107,8 @@ def crash_notice(
             )
             error["detail"] = detail
     notice = log_notice(ctx, Event.CRASHED, f"{crash.kind.value}: {detail}", error=error)
+    if isinstance(crash, TaskCancelled):  # for a journey to show who stopped it, and why
+        error.update(cancelledBy=crash.by, reason=crash.reason, cancelledAt=crash.at)
     if isinstance(crash, MalformedTask):
         error["errors"] = crash.errors
         notice["rawBody"] = crash.raw_body[:RAW_BODY_LIMIT].decode("utf-8", errors="replace")

@@ -8,6 +8,7 @@ one-off override needs no edited file.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -148,12 +149,45 @@ class ConnectionSettings(BaseSettings):
         return self
 
 
+RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "D": 86400, "d": 86400}
+
+
+def retention_seconds(value: object) -> object:
+    """`1D`, `12h`, `30m`, `90s` (RabbitMQ's x-max-age units) or plain seconds."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhDd]?)\s*", value)
+        if match is None:
+            raise ValueError("a duration like 1D, 12h, 30m, 90s or a number of seconds")
+        return float(match[1]) * RETENTION_UNITS.get(match[2] or "s", 1)
+    return value
+
+
+class CancelSettings(ConnectionSettings):
+    """Where cancellations travel (SPEC §8): what `ulos-py cancel`, `topology apply` and
+    every node agree on."""
+
+    cancel_exchange: Annotated[str, Field(min_length=1)] = Field(
+        "ulos-cancellations", alias="ULOS_CANCEL_EXCHANGE"
+    )
+    """Fanout exchange: a cancel reaches every running node at once."""
+    cancel_stream: Annotated[str, Field(min_length=1)] = Field(
+        "ulos-cancellations", alias="ULOS_CANCEL_STREAM"
+    )
+    """Stream queue bound to that exchange, read from its start by every node that starts."""
+    cancel_retention: Annotated[float, BeforeValidator(retention_seconds), Field(gt=0)] = Field(
+        86400.0, alias="ULOS_CANCEL_RETENTION"
+    )
+    """How long a cancellation is kept: the stream's x-max-age, and a node's memory of it."""
+    cancel_memory: PositiveInt = Field(100_000, alias="ULOS_CANCEL_MEMORY")
+    """Cancellations a node keeps at most (the oldest go first)."""
+
+
 def usable_cores() -> int:
     """The cores this process may run on (a container's CPU set, not the host's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class Settings(ConnectionSettings):
+class Settings(CancelSettings):
     """Everything a node reads at start; a bad value stops it with one line."""
 
     logs_exchange: str = Field(alias="MESSAGE_BROKER_LOGS_EXCHANGE")

@@ -8,9 +8,9 @@ once from a file an operator can read and review.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ulos_py.errors import ConfigError
 from ulos_py.tomlfile import StrictFile, load_toml
@@ -30,7 +30,11 @@ class BindingSpec(StrictFile):
 class QueueSpec(StrictFile):
     name: Annotated[str, Field(min_length=1)]
     durable: bool = True
-    type: Literal["classic", "quorum"] = "classic"
+    type: Literal["classic", "quorum", "stream"] = "classic"
+    """A stream (RabbitMQ 3.9+) keeps its messages for every reader, within `max_age`."""
+    max_age: Annotated[str, Field(pattern=r"^[0-9]+[YMDhms]$")] | None = None
+    """A stream's retention (`x-max-age`, e.g. `1D`, `12h`); `topology apply` gives a stream
+    without one ULOS_CANCEL_RETENTION."""
     max_priority: Annotated[int, Field(ge=1, le=255)] | None = None
     max_length: Annotated[int, Field(ge=0)] | None = None
     dead_letter_exchange: str | None = None
@@ -41,11 +45,29 @@ class QueueSpec(StrictFile):
     (classic queues then have no timeout); older brokers ignore it."""
     bind: tuple[BindingSpec, ...] = ()
 
+    @model_validator(mode="after")
+    def _stream_options(self) -> Self:
+        if self.type == "stream":
+            refused = [
+                name
+                for name in ("max_priority", "dead_letter_exchange", "dead_letter_routing_key")
+                if getattr(self, name) is not None
+            ]
+            if refused or not self.durable:
+                raise ValueError(
+                    f"a stream is durable and takes no {', '.join(refused) or 'durable = false'}"
+                )
+        elif self.max_age is not None:
+            raise ValueError('max_age is for streams (type = "stream")')
+        return self
+
     def arguments(self) -> dict[str, str | int]:
         """The x-arguments RabbitMQ takes for these options."""
         args: dict[str, str | int] = {}
-        if self.type == "quorum":
-            args["x-queue-type"] = "quorum"
+        if self.type != "classic":
+            args["x-queue-type"] = self.type
+        if self.max_age is not None:
+            args["x-max-age"] = self.max_age
         if self.max_priority is not None:
             args["x-max-priority"] = self.max_priority
         if self.max_length is not None:
@@ -62,6 +84,15 @@ class QueueSpec(StrictFile):
 class Topology(StrictFile):
     exchange: tuple[ExchangeSpec, ...] = ()
     queue: tuple[QueueSpec, ...] = ()
+
+    def with_stream_retention(self, seconds: float) -> Topology:
+        """Streams that name no `max_age` keep `seconds` (ULOS_CANCEL_RETENTION)."""
+        age = f"{max(1, round(seconds))}s"
+        queues = tuple(
+            q.model_copy(update={"max_age": age}) if q.type == "stream" and not q.max_age else q
+            for q in self.queue
+        )
+        return self.model_copy(update={"queue": queues})
 
 
 def load_topology(path: Path) -> Topology:

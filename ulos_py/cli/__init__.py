@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ulos_py import __version__
+from ulos_py.cli.cancel import cancel
 from ulos_py.cli.executors import executors
 from ulos_py.cli.node import node
 from ulos_py.cli.publish import publish
@@ -21,6 +22,7 @@ def cli() -> None:
     """ulos-py: processing nodes for multistage lab workflows over RabbitMQ and FTP."""
 
 
+cli.add_command(cancel)
 cli.add_command(executors)
 cli.add_command(node)
 cli.add_command(publish)

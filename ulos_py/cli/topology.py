@@ -10,7 +10,7 @@ import click
 from ulos_py.adapters import rabbitmq, rabbitmq_tooling
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.errors import UlosError
-from ulos_py.settings import ConnectionSettings, load
+from ulos_py.settings import CancelSettings, ConnectionSettings, load
 from ulos_py.topology import Topology, describe, load_topology
 
 topology_file = click.argument("file", type=click.Path(path_type=Path))
@@ -43,8 +43,8 @@ def apply(file: Path, env_file: Path | None) -> None:
     Safe to run again: existing declarations with the same settings are left as they are.
     A declaration that conflicts with an existing one is reported, not changed.
     """
-    spec = load_topology(file)
-    settings = load(ConnectionSettings, env_file)
+    settings = load(CancelSettings, env_file)
+    spec = load_topology(file).with_stream_retention(settings.cancel_retention)
     asyncio.run(_apply(settings, spec))
     click.echo(f"declared {len(spec.exchange)} exchanges and {len(spec.queue)} queues")
 
