@@ -138,11 +138,11 @@ async def _run_and_settle(
         count = delivery.delivery_count
         note = f" (redelivered, delivery {count})" if count > 1 else ""
         report.log(Event.RECEIVED, f"task {task.task_id} received{note}", redelivered=count > 1)
-        stage = current_stage(task)
-        executor = deps.executors.select(stage.routing_key)
-        if executor is None:
-            raise NoExecutor(f"no executor matches stage {stage.routing_key!r}")
-        async with deps.cancellations.scope(task.task_id) as scope:
+        async with deps.cancellations.scope(task.task_id) as scope:  # a cancelled one stops here
+            stage = current_stage(task)
+            executor = deps.executors.select(stage.routing_key)
+            if executor is None:
+                raise NoExecutor(f"no executor matches stage {stage.routing_key!r}")
             space = await after_settling.enter_async_context(
                 workspace(deps.work_dir, task.task_id, deps.cleaner)
             )

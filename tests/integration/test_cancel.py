@@ -1,0 +1,276 @@
+"""Cancelling (SPEC §8) through in-process nodes, the real broker, FTP server and Docker
+engine: a running task stops within 2 s, a queued one is dropped without a download, a node
+started later knows the cancel, and harmless cancels stay harmless."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from tests.conftest import Broker, FtpServer, Names
+from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
+from tests.integration.test_docker import SLEEPS, StartProbe, env  # noqa: F401
+from ulos_py.adapters import rabbitmq
+from ulos_py.adapters.cancellations import publish_cancellation
+from ulos_py.cancellation import Cancellation
+
+pytestmark = pytest.mark.timeout(90)
+
+CANCEL_EXCHANGE = "ulos-cancellations"
+SUBMISSION = {"main.py": "print('hello')\n"}
+STOP_WITHIN = 2.0
+
+
+@pytest.fixture
+async def line(names: Names, amqp) -> AsyncIterator[Pipeline]:  # type: ignore[no-untyped-def]
+    async with pipeline(names, amqp) as created:
+        yield created
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def slow_registry(tmp_path: Path) -> Path:
+    """`slow` runs for a minute unless stopped; `skip` passes at once."""
+    path = tmp_path / "registry.toml"
+    path.write_text(
+        '[[route]]\nstage = "slow"\nexecutor = "slow"\n\n'
+        '[[route]]\nstage = "skip"\nexecutor = "skip"\n\n'
+        '[executor.slow]\nkind = "builtin"\nbehaviour = "pass"\ndelay_seconds = 60\n\n'
+        '[executor.skip]\nkind = "builtin"\nbehaviour = "pass"\ndelay_seconds = 0\n'
+    )
+    return path
+
+
+async def cancel(amqp: aio_pika.abc.AbstractRobustConnection, task_id: str, reason: str) -> float:
+    """Publish a cancel as `ulos-py cancel` does; returns when it was confirmed."""
+    publisher = await rabbitmq.RabbitPublisher.open(amqp)
+    await publish_cancellation(
+        publisher, CANCEL_EXCHANGE, Cancellation.now(task_id, "tester@lab", reason)
+    )
+    return time.monotonic()
+
+
+def tree(names: Names, key: str) -> dict[str, Any]:
+    return stage(names.exchange, key, success=stage(names.exchange, "next-key"))
+
+
+async def events_of(line: Pipeline, task_id: str, until: str = "acked") -> list[str]:
+    return [n["event"] for n in await line.logs_until(task_id, until)]
+
+
+async def test_a_running_task_stops_within_2_s_and_the_others_go_on(
+    line: Pipeline,
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    work_dir: Path,
+    tmp_path: Path,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    doomed, other = f"{names.prefix}-doomed", f"{names.prefix}-other"
+    path = f"/{names.prefix}/doomed.zip"
+    original = make_zip(SUBMISSION)
+    ftp_server.put(path, original)
+    ftp_server.put(f"/{names.prefix}/other.zip", make_zip(SUBMISSION))
+    settings = node_settings(
+        names,
+        broker,
+        ftp_server,
+        work_dir,
+        ULOS_EXECUTORS_FILE=slow_registry(tmp_path),
+        MESSAGE_BROKER_REQUEUE_ON_REJECT=True,  # a cancel is acked whatever this says
+    )
+    async with running_node(settings):
+        await line.publish(task(doomed, path, tree(names, "slow")))
+        assert "execution_started" in await events_of(line, doomed, "execution_started")
+        sent = await cancel(amqp, doomed, "runaway grader")
+        crash = await line.next_json("crashes", timeout=STOP_WITHIN + 1)
+        stopped_after = time.monotonic() - sent
+        assert await events_of(line, doomed) == ["crashed", "acked"]
+        await line.publish(task(other, f"/{names.prefix}/other.zip", tree(names, "skip")))
+        forwarded = await line.next_json("next")
+
+    assert stopped_after < STOP_WITHIN
+    assert crash["taskId"] == doomed
+    assert crash["error"]["kind"] == "cancelled"
+    assert crash["error"]["cancelledBy"] == "tester@lab"
+    assert crash["error"]["reason"] == "runaway grader"
+    assert crash["error"]["detail"] == "cancelled by tester@lab: runaway grader"
+    assert "requeued" not in crash["error"]
+    assert ftp_server.get(path) == original  # nothing uploaded
+    assert forwarded["taskId"] == other  # the node went on; only the other was forwarded
+    assert line.empty("next")
+    assert await line.depth() == 0  # acked, not requeued
+    assert list(work_dir.iterdir()) == []
+
+
+@pytest.mark.usefixtures("executor_images")
+async def test_a_docker_task_stops_within_2_s_and_its_container_is_gone(
+    env: StartProbe,  # noqa: F811
+    line: Pipeline,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    names: Names,
+    ftp_server: FtpServer,
+) -> None:
+    doomed = f"{names.prefix}-container"  # task ids in the shared stream must never repeat
+    path = f"/{names.prefix}/container.zip"
+    original = make_zip({"run.py": SLEEPS})
+    ftp_server.put(path, original)
+    async with env() as probe:
+        await line.publish(task(doomed, path, tree(names, "probe"), timeout=60))
+        await line.logs_until(doomed, "execution_started")
+        for _ in range(100):  # until the container is up
+            if probe.leaked_containers():
+                break
+            await asyncio.sleep(0.1)
+        sent = await cancel(amqp, doomed, "withdrawn")
+        crash = await line.next_json("crashes", timeout=STOP_WITHIN + 1)
+        stopped_after = time.monotonic() - sent
+        assert probe.leaked_containers() == []  # killed and removed by the time of the notice
+    assert stopped_after < STOP_WITHIN
+    assert crash["taskId"] == doomed
+    assert crash["error"]["kind"] == "cancelled"
+    assert ftp_server.get(path) == original  # nothing uploaded
+    assert line.empty("next") and line.empty("failed")
+    assert await line.depth() == 0
+
+
+async def test_a_queued_task_is_dropped_without_a_download(
+    line: Pipeline,
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    work_dir: Path,
+    tmp_path: Path,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    busy, queued = f"{names.prefix}-busy", f"{names.prefix}-queued"
+    ftp_server.put(f"/{names.prefix}/busy.zip", make_zip(SUBMISSION))
+    # No file for the queued task: a download would crash it with kind `download`.
+    settings = node_settings(
+        names,
+        broker,
+        ftp_server,
+        work_dir,
+        ULOS_EXECUTORS_FILE=slow_registry(tmp_path),
+        MESSAGE_BROKER_PREFETCH_COUNT=1,
+    )
+    async with running_node(settings):
+        await line.publish(task(busy, f"/{names.prefix}/busy.zip", tree(names, "slow")))
+        await line.logs_until(busy, "execution_started")
+        await line.publish(task(queued, f"/{names.prefix}/missing.zip", tree(names, "skip")))
+        await cancel(amqp, queued, "resubmitted")
+        await asyncio.sleep(0.3)
+        assert await line.depth() == 1  # still waiting behind the busy one
+        await cancel(amqp, busy, "make room")
+        crashes = [await line.next_json("crashes"), await line.next_json("crashes")]
+        events = await events_of(line, queued)
+    by_task = {c["taskId"]: c["error"] for c in crashes}
+    assert by_task[queued]["kind"] == by_task[busy]["kind"] == "cancelled"
+    assert by_task[queued]["reason"] == "resubmitted"
+    assert events == ["received", "crashed", "acked"]  # no `downloaded`
+    assert await line.depth() == 0
+
+
+async def test_a_node_started_after_the_cancel_knows_it(
+    line: Pipeline,
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    work_dir: Path,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    early = f"{names.prefix}-early"
+    await cancel(amqp, early, "withdrawn before any node ran")
+    await line.publish(task(early, f"/{names.prefix}/missing.zip", tree(names, "skip")))
+    async with running_node(node_settings(names, broker, ftp_server, work_dir)):
+        crash = await line.next_json("crashes")
+        events = await events_of(line, early)
+    assert crash["taskId"] == early
+    assert crash["error"]["kind"] == "cancelled"
+    assert events == ["received", "crashed", "acked"]
+
+
+async def test_unknown_finished_and_repeated_cancels_do_no_harm(
+    line: Pipeline,
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    work_dir: Path,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    done, fresh = f"{names.prefix}-done", f"{names.prefix}-fresh"
+    for name in ("done", "fresh"):
+        ftp_server.put(f"/{names.prefix}/{name}.zip", make_zip(SUBMISSION))
+    async with running_node(node_settings(names, broker, ftp_server, work_dir)):
+        await line.publish(task(done, f"/{names.prefix}/done.zip", tree(names, "skip")))
+        assert (await line.next_json("next"))["taskId"] == done
+        await events_of(line, done)
+        for task_id in (
+            done,
+            done,
+            f"{names.prefix}-never-existed",
+            f"{names.prefix}-never-existed",
+        ):
+            await cancel(amqp, task_id, "twice")
+        await line.publish(task(fresh, f"/{names.prefix}/fresh.zip", tree(names, "skip")))
+        forwarded = await line.next_json("next")
+        events = await events_of(line, fresh)
+    assert forwarded["taskId"] == fresh
+    assert "crashed" not in events
+    assert line.empty("crashes")
+
+
+async def test_a_forwarded_task_is_stopped_at_its_next_stage(
+    line: Pipeline,
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    work_dir: Path,
+    tmp_path: Path,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    """Stage one passed and forwarded it before the cancel; the node of stage two drops it."""
+    moving = f"{names.prefix}-moving"
+    ftp_server.put(f"/{names.prefix}/moving.zip", make_zip(SUBMISSION))
+    channel = await amqp.channel()
+    second = await channel.declare_queue(names.queue("second"), auto_delete=True)
+    await second.bind(names.exchange, "pass")
+    two_stages = stage(
+        names.exchange,
+        "skip",
+        success=stage(names.exchange, "pass", success=tree(names, "skip")),
+    )
+    registry = slow_registry(tmp_path)
+    first_node = node_settings(names, broker, ftp_server, work_dir, ULOS_EXECUTORS_FILE=registry)
+    async with running_node(first_node):
+        await line.publish(task(moving, f"/{names.prefix}/moving.zip", two_stages))
+        assert (await events_of(line, moving))[-2:] == ["forwarded", "acked"]
+    await cancel(amqp, moving, "changed my mind")
+    second_node = node_settings(
+        names,
+        broker,
+        ftp_server,
+        work_dir,
+        MESSAGE_BROKER_CONSUMPTION_QUEUE=names.queue("second"),
+        ULOS_NODE_ID=f"{names.prefix}-second",
+    )
+    async with running_node(second_node):
+        crash = await line.next_json("crashes")
+        events = await events_of(line, moving)
+    assert crash["stage"]["routingKey"] == "pass"
+    assert crash["error"]["kind"] == "cancelled"
+    assert events == ["received", "crashed", "acked"]
+    assert line.empty("next")
+    await channel.close()
