@@ -19,7 +19,7 @@ from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.cancellations import publish_cancellation
 from ulos_py.cancellation import TEXT_LIMIT, Cancellation
 from ulos_py.cli.common import env_file_option, one_line_errors
-from ulos_py.errors import PublishError
+from ulos_py.errors import ConfigError, PublishError
 from ulos_py.settings import CancelSettings, load
 
 
@@ -62,6 +62,11 @@ async def _send(settings: CancelSettings, wanted: list[Cancellation]) -> None:
     failed = 0
     try:
         publisher = await rabbitmq.RabbitPublisher.open(connection)
+        if not await publisher.exchange_exists(settings.cancel_exchange):
+            raise ConfigError(
+                f"ULOS_CANCEL_EXCHANGE: exchange {settings.cancel_exchange!r} does not exist on "
+                "the broker (declare it first, e.g. with `ulos-py topology apply`)"
+            )
         for cancellation in wanted:
             try:
                 await publish_cancellation(publisher, settings.cancel_exchange, cancellation)
