@@ -59,6 +59,10 @@ def node_env(
 
 
 def run_cancel(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_ulos(broker, "cancel", *args)
+
+
+def run_ulos(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
     env = settings_env(
         {
             "MESSAGE_BROKER_HOST": broker.host,
@@ -68,7 +72,7 @@ def run_cancel(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
         }
     )
     return subprocess.run(
-        [sys.executable, "-m", "ulos_py", "cancel", *args],
+        [sys.executable, "-m", "ulos_py", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -193,3 +197,51 @@ def test_cancel_without_the_exchange_fails_in_one_line(
     assert "ULOS_CANCEL_EXCHANGE" in done.stderr and "does not exist" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_topology_apply_declares_the_stream_with_the_retention_and_cancel_reaches_it(
+    broker: Broker, names: Names, tmp_path: Path, amqp: Any
+) -> None:
+    exchange, stream = f"{names.prefix}.cancel", f"{names.prefix}.cancel-stream"
+    topology = tmp_path / "topology.toml"
+    topology.write_text(
+        f'[[exchange]]\nname = "{exchange}"\ntype = "fanout"\n\n'
+        f'[[queue]]\nname = "{stream}"\ntype = "stream"\n'
+        f'bind = [{{ exchange = "{exchange}", routing_key = "" }}]\n'
+    )
+    env_file = tmp_path / "cancel.env"
+    env_file.write_text(
+        f"export ULOS_CANCEL_RETENTION=2h\nexport ULOS_CANCEL_EXCHANGE={exchange}\n"
+    )
+    applied = await asyncio.to_thread(
+        run_ulos, broker, "topology", "apply", str(topology), "--env-file", str(env_file)
+    )
+    assert applied.returncode == 0, applied.stderr
+    sent = await asyncio.to_thread(
+        run_cancel, broker, f"{names.prefix}-x", "--reason", "why", "--env-file", str(env_file)
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    channel = await amqp.channel()
+    try:
+        # The same arguments again are accepted: the stream keeps 2 h (7200 s).
+        queue = await channel.declare_queue(
+            stream, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "7200s"}
+        )
+        await channel.set_qos(prefetch_count=10)
+        bodies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await bodies.put(message.body)
+            await message.ack()
+
+        await queue.consume(take, arguments={"x-stream-offset": "first"})
+        body = json.loads(await asyncio.wait_for(bodies.get(), 10))
+        await channel.queue_delete(stream)
+        await channel.exchange_delete(exchange)
+    finally:
+        await channel.close()
+    assert body["taskId"] == f"{names.prefix}-x"
+    assert body["reason"] == "why"
+    assert body["cancelledBy"]
+    assert body["cancelledAt"].endswith("Z")

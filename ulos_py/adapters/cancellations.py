@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 STREAM_PREFETCH = 1000
 """Stream messages in flight to a node: a stream consumer must have a limit."""
-CATCH_UP_QUIET = 0.5
+CATCH_UP_QUIET = 0.3
 """Seconds without a stream message after which a starting node has read the backlog."""
 CATCH_UP_MAX = 60.0
 """A backlog still arriving after this long is read on while the node takes tasks."""
