@@ -254,6 +254,22 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     for queue_name, exchange, key in topology.bindings():
         queue = await channel.declare_queue(queue_name, durable=True)
         await queue.bind(exchanges[exchange], key)
+    await declare_cancellations(channel)
+
+
+CANCELLATIONS = "ulos-cancellations"
+"""The nodes' default cancellation exchange and stream (SPEC §8), as the sample topology
+declares them; shared by every run (declaring them again changes nothing)."""
+
+
+async def declare_cancellations(
+    channel: AbstractChannel, exchange_name: str = CANCELLATIONS, stream: str = CANCELLATIONS
+) -> None:
+    exchange = await channel.declare_exchange(exchange_name, "fanout", durable=True)
+    queue = await channel.declare_queue(
+        stream, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "86400s"}
+    )
+    await queue.bind(exchange, "")
 
 
 async def delete_topology(broker: Broker, topology: Topology) -> None:

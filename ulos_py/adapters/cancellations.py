@@ -4,13 +4,13 @@ One fanout exchange (ULOS_CANCEL_EXCHANGE) carries every cancel; the deployment 
 stream queue (ULOS_CANCEL_STREAM, `x-max-age` = ULOS_CANCEL_RETENTION) to it, so a publish
 reaches the stream and every running node in one confirmed step. A node reads:
 
-- the stream from its first retained message (`x-stream-offset: first`), so one started
-  after a cancel knows it; a stream consumer needs a prefetch count and manual acks;
-- a private queue (exclusive, auto-deleted) bound to the exchange, for the running nodes.
+- a private queue (exclusive, auto-deleted) bound to the exchange, for as long as it runs;
+- the stream from its first retained message (`x-stream-offset: first`) when it starts, so
+  one started after a cancel knows it before its first task (a stream consumer needs a
+  prefetch count and manual acks), and from the last offset it saw after a lost connection
+  (the private queue was gone meanwhile).
 
-Both feed one `CancelBoard`; a cancel seen twice is remembered once. After a lost
-connection aio-pika declares and consumes both again, and the stream is read again from its
-start (cancels published meanwhile are not missed).
+Both feed one `CancelBoard`; a cancel seen twice is remembered once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from contextlib import suppress
 
 import aiormq
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from ulos_py.adapters.rabbitmq import BROKER_LOST, exchange_exists, short_lived_channel
 from ulos_py.cancellation import CancelBoard, Cancellation, parse_cancellation
@@ -35,7 +35,9 @@ STREAM_PREFETCH = 1000
 """Stream messages in flight to a node: a stream consumer must have a limit."""
 CATCH_UP_QUIET = 0.3
 """Seconds without a stream message after which a starting node has read the backlog."""
-CATCH_UP_MAX = 60.0
+ACK_EVERY = 200
+"""Stream messages acknowledged at once (fewer than STREAM_PREFETCH, or the stream stalls)."""
+CATCH_UP_MAX = 120.0
 """A backlog still arriving after this long is read on while the node takes tasks."""
 
 
@@ -60,34 +62,41 @@ async def publish_cancellation(
 async def follow_cancellations(
     connection: AbstractRobustConnection, exchange: str, stream: str, board: CancelBoard
 ) -> Callable[[], Awaitable[None]]:
-    """Feed `board` from the stream and the exchange; returns once the stream's backlog has
-    been read (so the node's first task is checked against it), with the function that stops.
+    """Feed `board` from the exchange, and from the stream until its backlog is read; returns
+    then (so the node's first task is checked against the backlog), with the stop function.
+
+    The private queue is bound before the stream is read, so every cancel reaches the node
+    one way or the other; once the stream is read its consumer is cancelled, so a running
+    node hears each later cancel once, not twice. After a lost connection the stream is read
+    again from the last offset seen: what was published meanwhile is not missed.
 
     ConfigError names the setting when the exchange or the stream is not on the broker."""
     await _check_declared(connection, exchange, stream)
     channel = await connection.channel(publisher_confirms=False)
     await channel.set_qos(prefetch_count=STREAM_PREFETCH)
-    arrived = asyncio.Event()
-
-    async def from_stream(message: AbstractIncomingMessage) -> None:
-        _take(message.body, board)
-        arrived.set()
-        with suppress(*BROKER_LOST):  # a new channel reads the stream from its start again
-            await message.ack()
 
     async def from_exchange(message: AbstractIncomingMessage) -> None:
         _take(message.body, board)
 
-    stream_queue = await channel.get_queue(stream, ensure=False)
-    stream_tag = await stream_queue.consume(from_stream, arguments={"x-stream-offset": "first"})
     private = await channel.declare_queue(exclusive=True, auto_delete=True)
     await private.bind(exchange, "")
     private_tag = await private.consume(from_exchange, no_ack=True)
-    await _catch_up(arrived, board)
+    reader = _StreamReader(await channel.get_queue(stream, ensure=False), board)
+    await reader.read()
+    rereads: set[asyncio.Task[None]] = set()
+
+    def reconnected(_connection: object) -> None:
+        task = asyncio.create_task(reader.read())
+        rereads.add(task)
+        task.add_done_callback(rereads.discard)
+
+    connection.reconnect_callbacks.add(reconnected)
 
     async def stop() -> None:
+        connection.reconnect_callbacks.discard(reconnected)
+        for task in list(rereads):
+            task.cancel()
         with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
-            await stream_queue.cancel(stream_tag)
             await private.cancel(private_tag)
             await channel.close()
 
@@ -102,17 +111,46 @@ def _take(body: bytes, board: CancelBoard) -> None:
     board.cancel(cancellation)
 
 
-async def _catch_up(arrived: asyncio.Event, board: CancelBoard) -> None:
-    """Wait until the stream has been quiet for CATCH_UP_QUIET seconds: its backlog is read."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CATCH_UP_MAX
-    while loop.time() < deadline:
-        arrived.clear()
+class _StreamReader:
+    """Reads the stream from where it last stopped (its start, the first time) until it has
+    been quiet for CATCH_UP_QUIET seconds, then cancels its consumer."""
+
+    def __init__(self, queue: AbstractQueue, board: CancelBoard) -> None:
+        self._queue = queue
+        self._board = board
+        self._next: int | str = "first"
+        self._arrived = asyncio.Event()
+        self._unacked = 0
+
+    async def _take(self, message: AbstractIncomingMessage) -> None:
+        _take(message.body, self._board)
+        offset = (message.headers or {}).get("x-stream-offset")
+        if isinstance(offset, int):
+            self._next = offset + 1
+        self._arrived.set()
+        self._unacked += 1
+        if self._unacked >= ACK_EVERY:  # acks only give a stream consumer credit: batch them
+            self._unacked = 0
+            with suppress(*BROKER_LOST):
+                await message.ack(multiple=True)
+
+    async def read(self) -> None:
         try:
-            await asyncio.wait_for(arrived.wait(), CATCH_UP_QUIET)
-        except TimeoutError:
-            break
-    log.info("cancellations_known", count=len(board.memory))
+            tag = await self._queue.consume(self._take, arguments={"x-stream-offset": self._next})
+        except (*BROKER_LOST, aiormq.exceptions.AMQPError) as exc:
+            log.warning("cancellations_not_read", reason=str(exc))  # the next reconnect retries
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_MAX
+        while loop.time() < deadline:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), CATCH_UP_QUIET)
+            except TimeoutError:
+                break
+        with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
+            await self._queue.cancel(tag)
+        log.info("cancellations_known", count=len(self._board.memory), next_offset=self._next)
 
 
 async def _check_declared(connection: AbstractRobustConnection, exchange: str, stream: str) -> None:
