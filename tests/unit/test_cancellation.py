@@ -279,3 +279,15 @@ def test_a_stream_without_max_age_gets_the_retention() -> None:
 def test_a_stream_takes_no_priority() -> None:
     with pytest.raises(ValueError, match="max_priority"):
         QueueSpec(name="c", type="stream", max_priority=3)
+
+
+async def test_a_cancelled_task_is_cancelled_even_where_no_executor_serves_it(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path)
+    deps = node.deps
+    deps.cancellations.cancel(Cancellation.now(TASK_ID, "ta"))
+    delivery = FakeDelivery(encode(task("no-such-stage")))
+    await process(delivery, deps)
+    assert delivery.acked
+    assert node.crashes()[0]["error"]["kind"] == "cancelled"
