@@ -31,6 +31,7 @@ from tests.support.services import (
     FtpServer,
     Names,
     _answers,
+    declare_cancellations,
     start_ftp_server,
 )
 
@@ -46,24 +47,6 @@ def broker() -> Broker:
     found = Broker(BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASSWORD)
     asyncio.run(declare_cancellations(found))
     return found
-
-
-CANCEL_EXCHANGE = CANCEL_STREAM = "ulos-cancellations"
-"""The nodes' default cancellation exchange and stream (SPEC §8): every node needs them, as
-`topology apply` declares them in a deployment. Tests share them (task ids never repeat)."""
-
-
-async def declare_cancellations(broker: Broker) -> None:
-    connection = await aio_pika.connect(broker.url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(CANCEL_EXCHANGE, "fanout", durable=True)
-        stream = await channel.declare_queue(
-            CANCEL_STREAM,
-            durable=True,
-            arguments={"x-queue-type": "stream", "x-max-age": "86400s"},
-        )
-        await stream.bind(exchange, "")
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from tests.support.cli import ROOT, settings_env
 from tests.support.harness import make_zip, node_values, stage, task
 from tests.support.ledger import Arrival, Ledger, parse
-from tests.support.services import Broker, FtpServer, Names
+from tests.support.services import Broker, FtpServer, Names, declare_cancellations_on
 
 DONE = "done"
 FAILED = "failed"
@@ -87,6 +87,7 @@ class FaultLine:
         connection = await self.connect()
         try:
             channel = await connection.channel()
+            await declare_cancellations_on(channel)  # every node needs them (SPEC §8)
             processing = await channel.declare_exchange(self.names.exchange, durable=True)
             logs = await channel.declare_exchange(self.names.logs_exchange, durable=True)
             crashes = await channel.declare_exchange(self.names.crash_exchange, durable=True)

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from tests.support.services import Broker, FtpServer, Names
+from tests.support.services import Broker, FtpServer, Names, declare_cancellations_on
 from ulos_py.node import run_node
 from ulos_py.settings import Settings
 
@@ -119,6 +119,7 @@ class Pipeline:
 @asynccontextmanager
 async def pipeline(names: Names, connection: AbstractRobustConnection) -> AsyncIterator[Pipeline]:
     channel = await connection.channel()
+    await declare_cancellations_on(channel)  # every node needs them (SPEC §8)
     processing = await channel.declare_exchange(names.exchange, "direct", auto_delete=True)
     logs = await channel.declare_exchange(names.logs_exchange, "direct", auto_delete=True)
     crashes = await channel.declare_exchange(names.crash_exchange, "direct", auto_delete=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import aio_pika
 import docker
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
@@ -165,3 +166,25 @@ class Engine:
         [config] = self.client.networks.get("bridge").attrs["IPAM"]["Config"]
         # Docker leaves Gateway out when it picked the default: the subnet's first address.
         return str(config.get("Gateway") or ipaddress.ip_network(config["Subnet"])[1])
+
+
+CANCEL_EXCHANGE = CANCEL_STREAM = "ulos-cancellations"
+"""The nodes' default cancellation exchange and stream (SPEC §8): every node needs them, as
+`topology apply` declares them in a deployment. Tests share them (task ids never repeat)."""
+
+
+async def declare_cancellations(broker: Broker) -> None:
+    connection = await aio_pika.connect(broker.url)
+    async with connection:
+        await declare_cancellations_on(await connection.channel())
+
+
+async def declare_cancellations_on(channel: aio_pika.abc.AbstractChannel) -> None:
+    """On any broker a test node talks to (the private and TLS ones too)."""
+    exchange = await channel.declare_exchange(CANCEL_EXCHANGE, "fanout", durable=True)
+    stream = await channel.declare_queue(
+        CANCEL_STREAM,
+        durable=True,
+        arguments={"x-queue-type": "stream", "x-max-age": "86400s"},
+    )
+    await stream.bind(exchange, "")
