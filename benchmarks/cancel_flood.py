@@ -27,6 +27,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -249,11 +250,15 @@ class Bench:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"memory": memory_footprint(args.cancels)}
+    report: dict[str, Any] = {
+        "memory": memory_footprint(args.cancels),
+        "flood_cancels": args.cancels,
+    }
     say(f"memory: {report['memory']}")
     broker = Broker.parse(args.broker_url)
     async with AsyncExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="ulos-cancel-bench-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         ftp = await stack.enter_async_context(ftp_server(tmp / "ftp", "async"))
         bench = Bench(args, broker, ftp, tmp)
         connection = await aio_pika.connect(broker.url)
@@ -304,6 +309,11 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
         slowdown = 1 - rate / quiet if quiet and rate else None
         out[f"{phase}_slowdown"] = None if slowdown is None else round(slowdown, 3)
         out[f"{phase}_ok"] = slowdown is not None and slowdown <= MAX_SLOWDOWN
+    per_task = report["quiet"]["node_cpu_s"] / report["quiet"]["tasks"]
+    spent = report["flood"]["node_cpu_s"] - per_task * report["flood"]["tasks"]
+    cancels = report["flood_cancels"]
+    out["node_cpu_per_cancel_us"] = round(max(0.0, spent) / cancels * 1e6) if cancels else None
+    out["node_cpu_per_task_ms"] = round(per_task * 1000, 1)
     base = report["quiet"]["rss_before_mib"] or 0
     peak = max(report[p]["rss_after_mib"] or 0 for p in ("flood", "restarted"))
     out["rss_growth_mib"] = round(peak - base, 1)
