@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -30,6 +30,9 @@ from ulos_py.errors import TaskCancelled
 
 TEXT_LIMIT = 500
 """Characters kept of who cancelled and why: enough to say it, bounded in memory."""
+BATCH_LIMIT = 1000
+"""Task ids one message may cancel together (`ulos-py cancel` with many ids): a flood of
+cancels then costs a node one message per thousand, not one per task."""
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_RETENTION = 86_400.0
 
@@ -69,22 +72,49 @@ class Cancellation:
         return TaskCancelled(f"cancelled by {self.by}{why}", self.by, self.reason, self.at)
 
 
-def parse_cancellation(body: bytes) -> Cancellation | None:
-    """The cancellation a broker message carries, or None for anything else (a node skips it:
-    the stream is shared, and one bad message must not stop every node's cancellations)."""
+def batch_body(cancellations: Sequence[Cancellation]) -> dict[str, Any]:
+    """One message for several cancellations made together (same who, why and when)."""
+    first = cancellations[0]
+    if len(cancellations) > BATCH_LIMIT or any(
+        (c.by, c.reason, c.at) != (first.by, first.reason, first.at) for c in cancellations
+    ):
+        raise ValueError(f"a batch is at most {BATCH_LIMIT} cancellations made together")
+    return {
+        "taskIds": [c.task_id for c in cancellations],
+        "cancelledBy": first.by,
+        "reason": first.reason,
+        "cancelledAt": first.at,
+    }
+
+
+def parse_cancellations(body: bytes) -> list[Cancellation]:
+    """The cancellations a broker message carries (`taskId`, or `taskIds` for a batch); none
+    for anything else (a node skips it: the stream is shared, and one bad message must not
+    stop every node's cancellations)."""
     try:
         data: Any = json.loads(body)
     except ValueError:
-        return None
+        return []
     if not isinstance(data, dict):
-        return None
-    task_id, by = data.get("taskId"), data.get("cancelledBy")
-    reason, at = data.get("reason", ""), data.get("cancelledAt")
-    if not (isinstance(task_id, str) and task_id and isinstance(by, str)):
-        return None
-    if not isinstance(reason, str) or not isinstance(at, str) or _moment(at) is None:
-        return None
-    return Cancellation(task_id, by[:TEXT_LIMIT], reason[:TEXT_LIMIT], at)
+        return []
+    ids = data.get("taskIds", [data.get("taskId")])
+    by, reason, at = data.get("cancelledBy"), data.get("reason", ""), data.get("cancelledAt")
+    if not isinstance(ids, list) or not 0 < len(ids) <= BATCH_LIMIT:
+        return []
+    if not all(isinstance(task_id, str) and task_id for task_id in ids):
+        return []
+    if not (isinstance(by, str) and isinstance(reason, str) and isinstance(at, str)):
+        return []
+    if _moment(at) is None:
+        return []
+    by, reason = by[:TEXT_LIMIT], reason[:TEXT_LIMIT]
+    return [Cancellation(task_id, by, reason, at) for task_id in ids]
+
+
+def parse_cancellation(body: bytes) -> Cancellation | None:
+    """The one cancellation a message carries, or None (a batch, or not a cancellation)."""
+    found = parse_cancellations(body)
+    return found[0] if len(found) == 1 else None
 
 
 def _moment(text: str) -> datetime | None:

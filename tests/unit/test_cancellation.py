@@ -16,7 +16,9 @@ from ulos_py.cancellation import (
     CancelBoard,
     Cancellation,
     CancellationMemory,
+    batch_body,
     parse_cancellation,
+    parse_cancellations,
     rfc3339,
 )
 from ulos_py.errors import TaskCancelled
@@ -291,3 +293,28 @@ async def test_a_cancelled_task_is_cancelled_even_where_no_executor_serves_it(
     await process(delivery, deps)
     assert delivery.acked
     assert node.crashes()[0]["error"]["kind"] == "cancelled"
+
+
+def test_a_batch_carries_many_cancellations_made_together() -> None:
+    made = [
+        Cancellation("a", "ta", "why", rfc3339(START)),
+        Cancellation("b", "ta", "why", rfc3339(START)),
+    ]
+    body = json.dumps(batch_body(made)).encode()
+    assert parse_cancellations(body) == made
+    assert parse_cancellation(body) is None  # not one cancellation
+
+
+def test_a_batch_is_bounded_and_made_together() -> None:
+    with pytest.raises(ValueError, match="made together"):
+        batch_body([made("a"), made("b", by="someone else")])
+    too_many = json.dumps(
+        {"taskIds": ["x"] * 1001, "cancelledBy": "a", "cancelledAt": rfc3339(START)}
+    ).encode()
+    assert parse_cancellations(too_many) == []
+    assert (
+        parse_cancellations(
+            b'{"taskIds": ["ok", 3], "cancelledBy": "a", "cancelledAt": "2026-12-02T04:00:00Z"}'
+        )
+        == []
+    )

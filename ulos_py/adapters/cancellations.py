@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 
 import aiormq
@@ -25,7 +25,13 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from ulos_py.adapters.rabbitmq import BROKER_LOST, exchange_exists, short_lived_channel
-from ulos_py.cancellation import CancelBoard, Cancellation, parse_cancellation
+from ulos_py.cancellation import (
+    BATCH_LIMIT,
+    CancelBoard,
+    Cancellation,
+    batch_body,
+    parse_cancellations,
+)
 from ulos_py.errors import ConfigError
 from ulos_py.ports import Envelope, Publisher
 
@@ -57,6 +63,24 @@ async def publish_cancellation(
             correlation_id=cancellation.task_id,
         )
     )
+
+
+async def publish_cancellations(
+    publisher: Publisher, exchange: str, cancellations: Sequence[Cancellation]
+) -> None:
+    """Send cancellations made together (same who, why and when) in messages of up to
+    BATCH_LIMIT task ids, each confirmed; PublishError at the first the broker refused."""
+    for start in range(0, len(cancellations), BATCH_LIMIT):
+        batch = cancellations[start : start + BATCH_LIMIT]
+        await publisher.publish(
+            Envelope(
+                exchange,
+                "",
+                batch_body(batch) if len(batch) > 1 else batch[0].body(),
+                message_id=uuid.uuid4().hex,
+                correlation_id=batch[0].task_id if len(batch) == 1 else None,
+            )
+        )
 
 
 async def follow_cancellations(
@@ -104,11 +128,11 @@ async def follow_cancellations(
 
 
 def _take(body: bytes, board: CancelBoard) -> None:
-    cancellation = parse_cancellation(body)
-    if cancellation is None:
+    cancellations = parse_cancellations(body)
+    if not cancellations:
         log.warning("cancellation_unreadable", body=body[:200].decode("utf-8", "replace"))
-        return
-    board.cancel(cancellation)
+    for cancellation in cancellations:
+        board.cancel(cancellation)
 
 
 class _StreamReader:

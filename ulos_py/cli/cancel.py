@@ -1,7 +1,8 @@
 """`ulos-py cancel`: stop tasks wherever they are (SPEC §8).
 
-The command only publishes: one confirmed message per task to the cancellation exchange,
-which every running node hears and whose stream nodes that start later read. It cannot
+The command only publishes: confirmed messages of up to a thousand task ids each to the
+cancellation exchange, which every running node hears and whose stream nodes that start
+later read. It cannot
 know whether a task exists or has finished, and need not: cancelling an unknown or
 finished task, or one twice, does no harm.
 """
@@ -16,8 +17,8 @@ from pathlib import Path
 import click
 
 from ulos_py.adapters import rabbitmq
-from ulos_py.adapters.cancellations import publish_cancellation
-from ulos_py.cancellation import TEXT_LIMIT, Cancellation
+from ulos_py.adapters.cancellations import publish_cancellations
+from ulos_py.cancellation import BATCH_LIMIT, TEXT_LIMIT, Cancellation
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.errors import ConfigError, PublishError
 from ulos_py.settings import CancelSettings, load
@@ -53,7 +54,10 @@ def cancel(task_ids: tuple[str, ...], reason: str, by: str | None, env_file: Pat
     """
     settings = load(CancelSettings, env_file)
     who = by or operator_name()
-    wanted = [Cancellation.now(task_id, who, reason) for task_id in dict.fromkeys(task_ids)]
+    made = Cancellation.now("-", who, reason)  # one moment, one who and why for all of them
+    wanted = [
+        Cancellation(task_id, made.by, made.reason, made.at) for task_id in dict.fromkeys(task_ids)
+    ]
     asyncio.run(_send(settings, wanted))
 
 
@@ -67,14 +71,17 @@ async def _send(settings: CancelSettings, wanted: list[Cancellation]) -> None:
                 f"ULOS_CANCEL_EXCHANGE: exchange {settings.cancel_exchange!r} does not exist on "
                 "the broker (declare it first, e.g. with `ulos-py topology apply`)"
             )
-        for cancellation in wanted:
+        for start in range(0, len(wanted), BATCH_LIMIT):  # one message per batch
+            batch = wanted[start : start + BATCH_LIMIT]
             try:
-                await publish_cancellation(publisher, settings.cancel_exchange, cancellation)
+                await publish_cancellations(publisher, settings.cancel_exchange, batch)
             except PublishError as exc:
-                failed += 1
-                click.echo(f"{cancellation.task_id}: not cancelled: {exc}", err=True)
+                failed += len(batch)
+                for cancellation in batch:
+                    click.echo(f"{cancellation.task_id}: not cancelled: {exc}", err=True)
             else:
-                click.echo(f"{cancellation.task_id}: cancel sent")
+                for cancellation in batch:
+                    click.echo(f"{cancellation.task_id}: cancel sent")
     finally:
         await connection.close()
     if failed:
