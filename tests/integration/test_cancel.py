@@ -5,6 +5,7 @@ started later knows the cancel, and harmless cancels stay harmless."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -274,3 +275,52 @@ async def test_a_forwarded_task_is_stopped_at_its_next_stage(
     assert events == ["received", "crashed", "acked"]
     assert line.empty("next")
     await channel.close()
+
+
+async def test_a_starting_node_reads_the_whole_stream_before_its_first_task(
+    line: Pipeline,
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    work_dir: Path,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    """Thousands of cancels, one message each, ahead of the one that matters (the last)."""
+    exchange_name, stream_name = names.queue("cancel-x"), names.queue("cancel-s")
+    channel = await amqp.channel(publisher_confirms=True)
+    exchange = await channel.declare_exchange(exchange_name, "fanout", auto_delete=True)
+    stream = await channel.declare_queue(
+        stream_name, durable=True, arguments={"x-queue-type": "stream"}
+    )
+    await stream.bind(exchange, "")
+    last = f"{names.prefix}-last"
+    try:
+        ids = [f"{names.prefix}-other-{n}" for n in range(3000)] + [last]
+        for start in range(0, len(ids), 500):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            json.dumps(Cancellation.now(task_id, "bulk", "").body()).encode()
+                        ),
+                        "",
+                    )
+                    for task_id in ids[start : start + 500]
+                )
+            )
+        await line.publish(task(last, f"/{names.prefix}/missing.zip", tree(names, "skip")))
+        settings = node_settings(
+            names,
+            broker,
+            ftp_server,
+            work_dir,
+            ULOS_CANCEL_EXCHANGE=exchange_name,
+            ULOS_CANCEL_STREAM=stream_name,
+        )
+        async with running_node(settings):
+            crash = await line.next_json("crashes", timeout=60)
+    finally:
+        await channel.queue_delete(stream_name)
+        await channel.close()
+    assert crash["taskId"] == last
+    assert crash["error"]["kind"] == "cancelled"

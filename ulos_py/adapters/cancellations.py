@@ -41,6 +41,8 @@ STREAM_PREFETCH = 1000
 """Stream messages in flight to a node: a stream consumer must have a limit."""
 CATCH_UP_QUIET = 0.3
 """Seconds without a stream message after which a starting node has read the backlog."""
+TAIL_WAIT = 0.5
+"""Seconds a non-empty stream takes at most to show its last chunk."""
 ACK_EVERY = 200
 """Stream messages acknowledged at once (fewer than STREAM_PREFETCH, or the stream stalls)."""
 CATCH_UP_MAX = 120.0
@@ -136,8 +138,14 @@ def _take(body: bytes, board: CancelBoard) -> None:
 
 
 class _StreamReader:
-    """Reads the stream from where it last stopped (its start, the first time) until it has
-    been quiet for CATCH_UP_QUIET seconds, then cancels its consumer."""
+    """Reads the stream from where it last stopped (its start, the first time) up to the
+    offset that was its last when the read began, then cancels its consumer: the private
+    queue, bound before, hears everything later.
+
+    That last offset is what a consumer from the stream's last chunk (`x-stream-offset:
+    last`) sees; when it sees nothing within TAIL_WAIT (an empty stream), the read ends
+    after CATCH_UP_QUIET seconds without a message. A message count from the broker would
+    not do: a stream does not report one."""
 
     def __init__(self, queue: AbstractQueue, board: CancelBoard) -> None:
         self._queue = queue
@@ -160,21 +168,54 @@ class _StreamReader:
 
     async def read(self) -> None:
         try:
+            tail = await self._tail()
             tag = await self._queue.consume(self._take, arguments={"x-stream-offset": self._next})
         except (*BROKER_LOST, aiormq.exceptions.AMQPError) as exc:
             log.warning("cancellations_not_read", reason=str(exc))  # the next reconnect retries
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_MAX
-        while loop.time() < deadline:
+        while loop.time() < deadline and not self._reached(tail):
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), CATCH_UP_QUIET)
             except TimeoutError:
-                break
+                if tail is None:
+                    break
         with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
             await self._queue.cancel(tag)
+        if not self._reached(tail):
+            log.warning("cancellations_partly_read", next_offset=self._next, last_offset=tail)
         log.info("cancellations_known", count=len(self._board.memory), next_offset=self._next)
+
+    def _reached(self, tail: int | None) -> bool:
+        return tail is not None and isinstance(self._next, int) and self._next > tail
+
+    async def _tail(self) -> int | None:
+        """The stream's last offset now, or None if it shows none within TAIL_WAIT."""
+        seen: list[int] = []
+        arrived = asyncio.Event()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            offset = (message.headers or {}).get("x-stream-offset")
+            if isinstance(offset, int):
+                seen.append(offset)
+            arrived.set()
+            with suppress(*BROKER_LOST):  # credit for the rest of a chunk past the prefetch
+                await message.ack()
+
+        tag = await self._queue.consume(take, arguments={"x-stream-offset": "last"})
+        try:
+            await asyncio.wait_for(arrived.wait(), TAIL_WAIT)
+            while True:  # the rest of the last chunk comes at once
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 0.1)
+        except TimeoutError:
+            pass
+        finally:
+            with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
+                await self._queue.cancel(tag)
+        return max(seen) if seen else None
 
 
 async def _check_declared(connection: AbstractRobustConnection, exchange: str, stream: str) -> None:
