@@ -6,6 +6,9 @@ cancel what remains (the lifecycle hands those back to the queue). Deliveries st
 for a free slot were never started; cancelling them leaves them unsettled, and the broker
 returns them to the queue when the connection closes.
 
+Cancellations (`ulos_py.adapters.cancellations`) are followed from before the first task
+until the pool has drained, so a cancel still stops a task that runs during shutdown.
+
 Metrics (`ulos_py.metrics`) watch from outside: the lifecycle's notices through
 `Deps.observe`, the pool's size, and the broker connection's callbacks; with
 `ULOS_METRICS_PORT` they are served with the node's health, which is healthy only while
