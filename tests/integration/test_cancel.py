@@ -14,9 +14,17 @@ from typing import Any
 import aio_pika
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
-from tests.integration.test_docker import SLEEPS, StartProbe, env  # noqa: F401
+from tests.support.docker_probe import probe_registry
+from tests.support.harness import (
+    Pipeline,
+    make_zip,
+    node_settings,
+    pipeline,
+    running_node,
+    stage,
+    task,
+)
+from tests.support.services import Broker, Engine, FtpServer, Names
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.cancellations import publish_cancellation
 from ulos_py.cancellation import Cancellation
@@ -26,6 +34,7 @@ pytestmark = pytest.mark.timeout(90)
 CANCEL_EXCHANGE = "ulos-cancellations"
 SUBMISSION = {"main.py": "print('hello')\n"}
 STOP_WITHIN = 2.0
+SLEEPS = "import time\nprint('working', flush=True)\ntime.sleep(60)\n"
 
 
 @pytest.fixture
@@ -118,33 +127,42 @@ async def test_a_running_task_stops_within_2_s_and_the_others_go_on(
 
 @pytest.mark.usefixtures("executor_images")
 async def test_a_docker_task_stops_within_2_s_and_its_container_is_gone(
-    env: StartProbe,  # noqa: F811
     line: Pipeline,
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: Names,
+    broker: Broker,
     ftp_server: FtpServer,
+    docker_engine: Engine,
+    work_dir: Path,
+    tmp_path: Path,
 ) -> None:
     doomed = f"{names.prefix}-container"  # task ids in the shared stream must never repeat
     path = f"/{names.prefix}/container.zip"
     original = make_zip({"run.py": SLEEPS})
     ftp_server.put(path, original)
-    async with env() as probe:
+    settings = node_settings(
+        names, broker, ftp_server, work_dir, ULOS_EXECUTORS_FILE=probe_registry(tmp_path)
+    )
+    async with running_node(settings):
         await line.publish(task(doomed, path, tree(names, "probe"), timeout=60))
         await line.logs_until(doomed, "execution_started")
         for _ in range(100):  # until the container is up
-            if probe.leaked_containers():
+            if docker_engine.containers_of(settings.node_id):
                 break
             await asyncio.sleep(0.1)
+        assert docker_engine.containers_of(settings.node_id)
         sent = await cancel(amqp, doomed, "withdrawn")
         crash = await line.next_json("crashes", timeout=STOP_WITHIN + 1)
         stopped_after = time.monotonic() - sent
-        assert probe.leaked_containers() == []  # killed and removed by the time of the notice
+        # killed and removed by the time of the notice
+        assert docker_engine.containers_of(settings.node_id) == []
     assert stopped_after < STOP_WITHIN
     assert crash["taskId"] == doomed
     assert crash["error"]["kind"] == "cancelled"
     assert ftp_server.get(path) == original  # nothing uploaded
     assert line.empty("next") and line.empty("failed")
     assert await line.depth() == 0
+    assert list(work_dir.iterdir()) == []
 
 
 async def test_a_queued_task_is_dropped_without_a_download(

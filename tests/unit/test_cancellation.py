@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import FakeDelivery, SleepingExecutor
-from tests.unit.test_lifecycle import FILE, TASK_ID, encode, make_node, only, task
+from tests.support.fakes import FakeDelivery, SleepingExecutor
+from tests.support.lifecycle_node import FILE, TASK_ID, encode, make_node, only, task
 from ulos_py.cancellation import (
     CancelBoard,
     Cancellation,
