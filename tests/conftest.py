@@ -17,7 +17,7 @@ import aio_pika
 import docker
 import pytest
 
-from tests.postgres import Postgres, start_postgres
+from tests.support.postgres import Postgres, start_postgres
 from tests.support.services import (
     BROKER_HOST,
     BROKER_PASSWORD,
@@ -123,7 +123,7 @@ from tests.support.tls_servers import (  # noqa: E402, F401
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    """A private PostgreSQL cluster for the session (see tests/postgres.py)."""
+    """A private PostgreSQL cluster for the session (see tests/support/postgres.py)."""
     yield from start_postgres()
 
 

@@ -18,9 +18,9 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.harness import make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.cli import ROOT, StartCli, settings_env
+from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,12 +13,12 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.conftest import Broker, Names
 from tests.e2e import conftest as e2e
-from tests.e2e.conftest import StartCli
 from tests.e2e.test_tracker import free_port, tracker_env, until
-from tests.faults.ledger import REPORT
-from tests.journeys import Node
+from tests.support.cli import StartCli
+from tests.support.journeys import Node
+from tests.support.ledger import REPORT
+from tests.support.services import Broker, Names
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 

@@ -10,10 +10,10 @@ import time
 import aio_pika
 import pytest
 
-from tests.conftest import Broker, Names
-from tests.faults.ledger import REPORT
 from tests.faults.test_tracker_killed import TASKS, _notices
-from tests.postgres import Postgres
+from tests.support.ledger import REPORT
+from tests.support.postgres import Postgres
+from tests.support.services import Broker, Names
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.notice_queue import NoticeQueue
 from ulos_py.settings import ConnectionSettings
