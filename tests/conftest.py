@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aio_pika
 import docker
 import pytest
 
+from tests.support.postgres import Postgres, start_postgres
 from tests.support.services import (
     BROKER_HOST,
     BROKER_PASSWORD,
@@ -121,3 +123,18 @@ from tests.support.tls_servers import (  # noqa: E402, F401
     tls_broker,
     tls_certificates,
 )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A private PostgreSQL cluster for the session (see tests/support/postgres.py)."""
+    yield from start_postgres()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty tracker database: a SQLite file, or a database of the private cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tracker.sqlite3'}"
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.create_database()
