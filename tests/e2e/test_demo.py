@@ -40,7 +40,7 @@ def test_demo_runs_every_sample_to_its_expected_end() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert re.search(r"(\d+) of \1 tasks took their expected path", done.stdout)
     pids = started_pids(done.stdout)
-    assert len(pids) == 9
+    assert len(pids) == 11
     assert not [pid for pid in pids if alive(pid)]
 
 
@@ -63,6 +63,6 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
     assert demo.returncode == 130, seen[-3000:]
     assert "stopping every process this run started" in seen
     pids = started_pids(seen)
-    assert len(pids) == 9
+    assert len(pids) == 11
     assert not [pid for pid in pids if alive(pid)]
     assert "Traceback" not in seen

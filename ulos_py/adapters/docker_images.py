@@ -6,7 +6,7 @@ one after another while printing the engine's progress.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import docker
@@ -43,12 +43,14 @@ class DockerImages:
             return str(exc.explanation)
         return None
 
-    def build(self, folder: Path, tag: str, base_image: str, progress: Progress) -> None:
+    def build(
+        self, folder: Path, tag: str, build_args: Mapping[str, str], progress: Progress
+    ) -> None:
         with translated(f"building {tag} from {folder}"):
             stream = self._api.build(
                 path=str(folder),
                 tag=tag,
-                buildargs={"BASE_IMAGE": base_image},
+                buildargs=dict(build_args),
                 rm=True,
                 forcerm=True,
                 decode=True,
