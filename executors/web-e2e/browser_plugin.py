@@ -25,7 +25,7 @@ APP_ENV = "WEB_E2E_APP_DIR"
 RESULTS_ENV = "WEB_E2E_RESULTS_DIR"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
-PAGE_LOAD_TIMEOUT = 15  # seconds; a page whose script never ends fails its test
+PAGE_LOAD_TIMEOUT = "15"  # seconds (PAGE_LOAD_TIMEOUT); a page whose script never ends fails
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -82,7 +82,9 @@ def _driver(app_url: str) -> Iterator[webdriver.Chrome]:
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=chromium_options())
     except WebDriverException as exc:
         pytest.fail(f"Chromium did not start: {exc.msg}", pytrace=False)
-    driver.set_page_load_timeout(PAGE_LOAD_TIMEOUT)
+    seconds = float(os.environ.get("PAGE_LOAD_TIMEOUT") or PAGE_LOAD_TIMEOUT)
+    driver.set_page_load_timeout(seconds)
+    driver.set_script_timeout(seconds)
     try:
         yield driver
     finally:

@@ -24,13 +24,14 @@ from testcontainers.core.labels import LABEL_SESSION_ID, SESSION_ID
 
 from tests.conftest import REGISTRY, Engine
 from ulos_py.execution.docker_spec import DockerExecutorSpec, load_docker_spec, parse_size
+from ulos_py.execution.registry import read_registry
 
 # The ryuk reaper image cannot be pulled here; every container below is removed by its own
 # context manager instead. testcontainers reads this when the first container starts.
 os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
 EXECUTORS = REGISTRY.parent
-EXECUTOR_NAMES = ("python-check", "pytest-grader", "gcode-check")
+EXECUTOR_NAMES = tuple(spec.name for spec in read_registry(REGISTRY).docker_specs)
 RUN_TIMEOUT = 60  # seconds one container may run before the test gives up
 
 
