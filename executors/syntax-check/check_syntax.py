@@ -21,9 +21,9 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 RESULTS = "results"
 # Folders that are never the student's own code: tool state, zip junk, installed
@@ -125,7 +125,9 @@ def error_message(node: Any, end_of_file: Any) -> str:
         shown = text if len(text) <= 40 else text[:40] + "..."
         return f"unexpected {shown!r}" if shown else "unexpected input"
     if node.end_point.row >= end_of_file.row:
-        return "cannot parse from here to the end of the file (a bracket, brace or string not closed?)"
+        return (
+            "cannot parse from here to the end of the file (a bracket, brace or string not closed?)"
+        )
     return f"cannot parse from here to line {node.end_point.row + 1}"
 
 

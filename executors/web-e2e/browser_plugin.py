@@ -31,7 +31,7 @@ PAGE_LOAD_TIMEOUT = "15"  # seconds (PAGE_LOAD_TIMEOUT); a page whose script nev
 class QuietHandler(SimpleHTTPRequestHandler):
     """Serves files; requests are not logged (the browser's many requests are noise)."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
