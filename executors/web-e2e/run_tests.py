@@ -15,6 +15,7 @@ Settings (environment):
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = "results"
 REASON_WIDTH = 160
+PHASE_WRAPPER = re.compile(r'^failed on (?P<phase>setup|teardown) with "(?:Failed: )?(?P<why>.*)"$')
 
 
 @dataclass
@@ -43,7 +45,10 @@ class Outcome:
 
 def short(text: str | None) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    first = (lines[0] if lines else "(no message)").removeprefix("Failed: ")
+    first = lines[0] if lines else "(no message)"
+    if wrapped := PHASE_WRAPPER.match(first):  # 'failed on setup with "why"' -> 'why'
+        first = wrapped["why"]
+    first = first.removeprefix("Failed: ")
     return first if len(first) <= REASON_WIDTH else first[: REASON_WIDTH - 3] + "..."
 
 
