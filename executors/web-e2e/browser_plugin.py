@@ -20,6 +20,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common import utils
 
 APP_ENV = "WEB_E2E_APP_DIR"
 RESULTS_ENV = "WEB_E2E_RESULTS_DIR"
@@ -57,6 +58,19 @@ def app_url() -> Iterator[str]:
         server.server_close()
 
 
+class LoopbackService(Service):
+    """chromedriver reached at 127.0.0.1, never by the name `localhost`, which Selenium uses:
+    a container started with its network disabled (as the node starts it) gets an empty
+    /etc/hosts, so `localhost` does not resolve there."""
+
+    @property
+    def service_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def is_connectable(self) -> bool:
+        return bool(utils.is_connectable(self.port, "127.0.0.1"))
+
+
 def chromium_options() -> webdriver.ChromeOptions:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -69,6 +83,7 @@ def chromium_options() -> webdriver.ChromeOptions:
         "--disable-gpu",
         "--no-first-run",
         "--disable-extensions",
+        "--remote-debugging-pipe",
         "--window-size=1280,800",
         "--user-data-dir=/tmp/chromium-profile",
     ):
@@ -79,7 +94,7 @@ def chromium_options() -> webdriver.ChromeOptions:
 @pytest.fixture(scope="session")
 def _driver(app_url: str) -> Iterator[webdriver.Chrome]:
     try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=chromium_options())
+        driver = webdriver.Chrome(service=LoopbackService(CHROMEDRIVER), options=chromium_options())
     except WebDriverException as exc:
         pytest.fail(f"Chromium did not start: {exc.msg}", pytrace=False)
     seconds = float(os.environ.get("PAGE_LOAD_TIMEOUT") or PAGE_LOAD_TIMEOUT)

@@ -86,6 +86,8 @@ def sandbox(spec: DockerExecutorSpec) -> dict[str, Any]:
     limits = spec.settings.limits
     return {
         "network_mode": "bridge" if limits.network else "none",
+        # as the node does: with it, /etc/hosts is empty, so not even `localhost` resolves
+        "network_disabled": not limits.network,
         "user": limits.user,
         "cap_drop": ["ALL"] if limits.drop_capabilities else None,
         "security_opt": ["no-new-privileges"] if limits.no_new_privileges else None,
