@@ -31,8 +31,10 @@ MESSAGES = ROOT / "testing-messages"
 CONFIGS = ROOT / "testing-configurations"
 RUN = ROOT / ".run"
 ULOS = [sys.executable, "-m", "ulos_py"]
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
-FTP_PORT = 2121
+# The sample configurations' ports; the environment wins over them, as for the nodes, so
+# the demo can run against a private broker and FTP port.
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:{os.environ.get('MESSAGE_BROKER_PORT') or 5672}/"
+FTP_PORT = int(os.environ.get("REMOTE_STORAGE_PORT") or 2121)
 ROLES = [
     "general",
     "testing-1",
@@ -43,9 +45,11 @@ ROLES = [
     "python-check",
     "pytest-grader",
     "gcode-check",
+    "syntax-check",
+    "web-e2e",
 ]
 DEFAULT_SUBMISSION = "testing-messages/submissions/hello-world"
-WAIT_SECONDS = 90
+WAIT_SECONDS = 150  # from the last publish; a browser test run takes 10-30 s
 
 
 @dataclass
@@ -283,8 +287,10 @@ async def main() -> int:
         ready = asyncio.Event()
         watcher = asyncio.create_task(watch(journeys, ready))
         await ready.wait()
-        upload_submissions(journeys)
-        publish_all(list(journeys))
+        # In a thread: these wait on a CLI process per file (29 of them), and the watcher's
+        # broker connection must keep answering heartbeats meanwhile.
+        await asyncio.to_thread(upload_submissions, journeys)
+        await asyncio.to_thread(publish_all, list(journeys))
         print("==> following the notices (task, stage, event, message)")
         if not await finished_unless_interrupted(watcher, interrupted):
             print("==> interrupted")

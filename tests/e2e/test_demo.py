@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import ROOT
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("executor_images", "broker")]
+pytestmark = [pytest.mark.timeout(330), pytest.mark.usefixtures("executor_images", "broker")]
 
 DEMO = [sys.executable, str(ROOT / "scripts" / "demo_pipeline.py")]
 
@@ -35,7 +35,7 @@ def alive(pid: int) -> bool:
 
 
 def test_demo_runs_every_sample_to_its_expected_end() -> None:
-    done = subprocess.run(DEMO, cwd=ROOT, capture_output=True, text=True, timeout=230)
+    done = subprocess.run(DEMO, cwd=ROOT, capture_output=True, text=True, timeout=320)
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert re.search(r"(\d+) of \1 tasks took their expected path", done.stdout)
