@@ -152,7 +152,9 @@ async def purge_stage_queues(channel: aio_pika.abc.AbstractChannel) -> None:
         await queue.purge()
 
 
-async def watch(journeys: dict[str, Journey], ready: asyncio.Event) -> None:
+async def watch(
+    journeys: dict[str, Journey], ready: asyncio.Event, published: asyncio.Event
+) -> None:
     connection = await aio_pika.connect_robust(BROKER_URL)
     async with connection:
         channel = await connection.channel()
@@ -161,15 +163,19 @@ async def watch(journeys: dict[str, Journey], ready: asyncio.Event) -> None:
         await notices.bind("logs-exchange", "logs")
         await notices.bind("crash-exchange", "crash")
         ready.set()
-        deadline = time.monotonic() + WAIT_SECONDS
+        deadline: float | None = None  # counted from the last publish, not from the uploads
         async with notices.iterator() as incoming:
             while any(j.end is None for j in journeys.values()):
-                remaining = deadline - time.monotonic()
+                if deadline is None and published.is_set():
+                    deadline = time.monotonic() + WAIT_SECONDS
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 try:
                     message = await asyncio.wait_for(incoming.__anext__(), remaining)
                 except TimeoutError:
+                    if deadline is None:
+                        continue
                     return
                 await message.ack()
                 if message.exchange == "logs-exchange" and b'"crashed"' in message.body:
@@ -285,12 +291,14 @@ async def main() -> int:
     try:
         start_processes(children)
         ready = asyncio.Event()
-        watcher = asyncio.create_task(watch(journeys, ready))
+        published = asyncio.Event()
+        watcher = asyncio.create_task(watch(journeys, ready, published))
         await ready.wait()
         # In a thread: these wait on a CLI process per file (29 of them), and the watcher's
         # broker connection must keep answering heartbeats meanwhile.
         await asyncio.to_thread(upload_submissions, journeys)
         await asyncio.to_thread(publish_all, list(journeys))
+        published.set()
         print("==> following the notices (task, stage, event, message)")
         if not await finished_unless_interrupted(watcher, interrupted):
             print("==> interrupted")
