@@ -26,7 +26,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = "results"
 REASON_WIDTH = 160
-PHASE_WRAPPER = re.compile(r'^failed on (?P<phase>setup|teardown) with "(?:Failed: )?(?P<why>.*?)"?$')
+PHASE_WRAPPER = re.compile(
+    r'^failed on (?P<phase>setup|teardown) with "(?:Failed: )?(?P<why>.*?)"?$'
+)
 
 
 @dataclass
