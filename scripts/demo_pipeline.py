@@ -163,19 +163,18 @@ async def watch(
         await notices.bind("logs-exchange", "logs")
         await notices.bind("crash-exchange", "crash")
         ready.set()
-        deadline: float | None = None  # counted from the last publish, not from the uploads
+        # The notices wait in the queue meanwhile; the deadline counts from the last
+        # publish, so slow uploads on a busy machine do not eat it.
+        await published.wait()
+        deadline = time.monotonic() + WAIT_SECONDS
         async with notices.iterator() as incoming:
             while any(j.end is None for j in journeys.values()):
-                if deadline is None and published.is_set():
-                    deadline = time.monotonic() + WAIT_SECONDS
-                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 try:
                     message = await asyncio.wait_for(incoming.__anext__(), remaining)
                 except TimeoutError:
-                    if deadline is None:
-                        continue
                     return
                 await message.ack()
                 if message.exchange == "logs-exchange" and b'"crashed"' in message.body:
