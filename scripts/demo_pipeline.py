@@ -35,9 +35,10 @@ MESSAGES = ROOT / "testing-messages"
 CONFIGS = ROOT / "testing-configurations"
 RUN = ROOT / ".run"
 ULOS = [sys.executable, "-m", "ulos_py"]
-# The environment wins over the configurations' files, for the nodes as for this script.
-BROKER_URL = f"amqp://guest:guest@127.0.0.1:{os.environ.get('MESSAGE_BROKER_PORT', '5672')}/"
-FTP_PORT = 2121
+# The sample configurations' ports; the environment wins over them, as for the nodes, so
+# the demo can run against a private broker and FTP port.
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:{os.environ.get('MESSAGE_BROKER_PORT') or 5672}/"
+FTP_PORT = int(os.environ.get("REMOTE_STORAGE_PORT") or 2121)
 TRACKER_PORT = 8400
 TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
 ROLES = [
@@ -50,9 +51,11 @@ ROLES = [
     "python-check",
     "pytest-grader",
     "gcode-check",
+    "syntax-check",
+    "web-e2e",
 ]
 DEFAULT_SUBMISSION = "testing-messages/submissions/hello-world"
-WAIT_SECONDS = 90
+WAIT_SECONDS = 150  # from the last publish; a browser test run takes 10-30 s
 
 
 @dataclass
@@ -181,7 +184,9 @@ async def purge_stage_queues(channel: aio_pika.abc.AbstractChannel) -> None:
         await queue.purge()
 
 
-async def watch(journeys: dict[str, Journey], ready: asyncio.Event) -> None:
+async def watch(
+    journeys: dict[str, Journey], ready: asyncio.Event, published: asyncio.Event
+) -> None:
     connection = await aio_pika.connect_robust(BROKER_URL)
     async with connection:
         channel = await connection.channel()
@@ -190,6 +195,9 @@ async def watch(journeys: dict[str, Journey], ready: asyncio.Event) -> None:
         await notices.bind("logs-exchange", "logs")
         await notices.bind("crash-exchange", "crash")
         ready.set()
+        # The notices wait in the queue meanwhile; the deadline counts from the last
+        # publish, so slow uploads on a busy machine do not eat it.
+        await published.wait()
         deadline = time.monotonic() + WAIT_SECONDS
         async with notices.iterator() as incoming:
             while any(j.end is None for j in journeys.values()):
@@ -357,10 +365,14 @@ async def main() -> int:
     try:
         start_processes(children)
         ready = asyncio.Event()
-        watcher = asyncio.create_task(watch(journeys, ready))
+        published = asyncio.Event()
+        watcher = asyncio.create_task(watch(journeys, ready, published))
         await ready.wait()
-        upload_submissions(journeys)
-        publish_all(list(journeys))
+        # In a thread: these wait on a CLI process per file (29 of them), and the watcher's
+        # broker connection must keep answering heartbeats meanwhile.
+        await asyncio.to_thread(upload_submissions, journeys)
+        await asyncio.to_thread(publish_all, list(journeys))
+        published.set()
         print("==> following the notices (task, stage, event, message)")
         if not await finished_unless_interrupted(watcher, interrupted):
             print("==> interrupted")

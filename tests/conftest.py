@@ -104,13 +104,15 @@ def executor_images(docker_engine: Engine) -> list[str]:
     from ulos_py.adapters.docker_images import DockerImages
     from ulos_py.execution.docker_spec import load_docker_spec
     from ulos_py.execution.images import build_images, choose_base
+    from ulos_py.execution.pip_access import host_pip_build_args
     from ulos_py.execution.registry import read_registry
 
-    specs = [*read_registry(REGISTRY).docker_specs, load_docker_spec("probe", PROBE_EXECUTOR)]
+    plan = read_registry(REGISTRY)
+    specs = [*plan.with_bases(plan.docker_specs), load_docker_spec("probe", PROBE_EXECUTOR)]
     images = DockerImages()
     try:
         base = choose_base(images, None, print)
-        return build_images(images, specs, base, lambda line: None)
+        return build_images(images, specs, base, lambda line: None, host_pip_build_args())
     finally:
         images.close()
 

@@ -35,6 +35,20 @@ def test_list_shows_every_executor_with_its_stages_and_sandbox() -> None:
     assert "rule marker:results/PASSED" in listed.stdout
     assert "no network, memory 256m" in listed.stdout
     assert "pass  builtin  stages: pass, testing-*" in listed.stdout
+    assert "web-e2e  docker  stages: web-e2e, cypress-execution" in listed.stdout
+    assert "gcode-check  docker  stages: gcode-check, gcode-execution" in listed.stdout
+
+
+def test_build_makes_the_image_an_executor_builds_on_first() -> None:
+    built = ulos("build", "web-e2e")
+
+    assert built.returncode == 0, built.stderr
+    lines = built.stdout.splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("building ")))
+    assert lines[first].startswith("building ulos-py/syntax-check for executor 'syntax-check'")
+    assert "building ulos-py/web-e2e for executor 'web-e2e' from" in built.stdout
+    assert " on ulos-py/syntax-check" in built.stdout
+    assert built.stdout.strip().endswith("ulos-py/syntax-check, ulos-py/web-e2e")
 
 
 def test_build_again_is_quick_and_says_which_base() -> None:

@@ -15,9 +15,13 @@ import pytest
 from tests.support.executors import EXECUTOR_NAMES, EXECUTORS, Run, RunExecutor
 
 SVG = "{http://www.w3.org/2000/svg}"
+# A browser run costs seconds: web-e2e's examples are each run once, by the tests of
+# test_lab_images.py that check their outcome and why.
+RUN_ELSEWHERE = {"web-e2e"}
 EXAMPLES = [
     (name, example.name)
     for name in EXECUTOR_NAMES
+    if name not in RUN_ELSEWHERE
     for example in sorted((EXECUTORS / name / "examples").iterdir())
     if example.is_dir()
 ]

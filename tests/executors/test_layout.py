@@ -22,13 +22,32 @@ SHARED_PREFIX = "\n".join(
 )
 
 
-@pytest.mark.parametrize("name", EXECUTOR_NAMES)
-def test_dockerfile_starts_with_the_shared_layers(name: str) -> None:
-    dockerfile = (EXECUTORS / name / "Dockerfile").read_text()
+OWN_IMAGES = [name for name in EXECUTOR_NAMES if load_settings(name).settings.base is None]
+BASED_IMAGES = [name for name in EXECUTOR_NAMES if name not in OWN_IMAGES]
 
-    assert dockerfile.startswith(SHARED_PREFIX)
+
+@pytest.mark.parametrize("name", OWN_IMAGES)
+def test_dockerfile_ends_in_a_stage_that_starts_with_the_shared_layers(name: str) -> None:
+    dockerfile = (EXECUTORS / name / "Dockerfile").read_text()
+    declare_base, final_stage = SHARED_PREFIX.split("\n", 1)
+
+    assert dockerfile.startswith(declare_base)
+    assert dockerfile[dockerfile.rindex("\nFROM ") + 1 :].startswith(final_stage)
     assert "USER 10001:10001" in dockerfile
     assert f'CMD ["python3", "/opt/{name}/' in dockerfile
+
+
+@pytest.mark.parametrize("name", BASED_IMAGES)
+def test_an_image_built_on_another_executor_defaults_to_that_image(name: str) -> None:
+    base = load_settings(name).settings.base
+    assert base in OWN_IMAGES
+    dockerfile = (EXECUTORS / name / "Dockerfile").read_text()
+
+    assert f"ARG BASE_IMAGE={load_settings(base).settings.image}\nFROM ${{BASE_IMAGE}}\n" in (
+        dockerfile
+    )
+    users = [line for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users[-1:] in ([], ["USER 10001:10001"]), "the runner, never root, runs the check"
 
 
 @pytest.mark.parametrize("name", EXECUTOR_NAMES)

@@ -10,11 +10,12 @@ from typing import Any
 
 from tests.support.services import REGISTRY
 from ulos_py.execution.docker_spec import DockerExecutorSpec, load_docker_spec, parse_size
+from ulos_py.execution.registry import read_registry
 
 EXECUTORS = REGISTRY.parent
 
 
-EXECUTOR_NAMES = ("python-check", "pytest-grader", "gcode-check")
+EXECUTOR_NAMES = tuple(spec.name for spec in read_registry(REGISTRY).docker_specs)
 
 
 RUN_TIMEOUT = 60  # seconds one container may run before the test gives up
@@ -59,6 +60,8 @@ def sandbox(spec: DockerExecutorSpec) -> dict[str, Any]:
     limits = spec.settings.limits
     return {
         "network_mode": "bridge" if limits.network else "none",
+        # as the node does: with it, /etc/hosts is empty, so not even `localhost` resolves
+        "network_disabled": not limits.network,
         "user": limits.user,
         "cap_drop": ["ALL"] if limits.drop_capabilities else None,
         "security_opt": ["no-new-privileges"] if limits.no_new_privileges else None,

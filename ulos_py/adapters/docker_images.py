@@ -6,7 +6,7 @@ one after another while printing the engine's progress.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import docker
@@ -43,7 +43,9 @@ class DockerImages:
             return str(exc.explanation)
         return None
 
-    def build(self, folder: Path, tag: str, base_image: str, progress: Progress) -> None:
+    def build(
+        self, folder: Path, tag: str, build_args: Mapping[str, str], progress: Progress
+    ) -> None:
         """Build `tag` from `folder`; ImageBuildFailed when the build itself fails (a step
         of the Dockerfile, a missing file or base), EngineUnavailable when nobody answers."""
         doing = f"building {tag} from {folder}"
@@ -52,7 +54,7 @@ class DockerImages:
                 stream = self._api.build(
                     path=str(folder),
                     tag=tag,
-                    buildargs={"BASE_IMAGE": base_image},
+                    buildargs=dict(build_args),
                     rm=True,
                     forcerm=True,
                     decode=True,

@@ -12,6 +12,7 @@ from ulos_py.cli.common import one_line_errors
 from ulos_py.errors import UlosError
 from ulos_py.execution.docker_spec import DockerExecutorSpec
 from ulos_py.execution.images import build_images, choose_base
+from ulos_py.execution.pip_access import host_pip_build_args
 from ulos_py.execution.registry import RegistryPlan, read_registry
 
 registry_option = click.option(
@@ -59,7 +60,8 @@ def list_(registry_file: Path) -> None:
 @click.argument("names", nargs=-1)
 @one_line_errors
 def build(registry_file: Path, base: str | None, names: tuple[str, ...]) -> None:
-    """Build the images of the docker executors NAMES (all by default).
+    """Build the images of the docker executors NAMES (all by default), and the images
+    they build on (`base` in executor.toml) first.
 
     Safe to run again: the engine's build cache makes an unchanged image take seconds.
     """
@@ -68,7 +70,12 @@ def build(registry_file: Path, base: str | None, names: tuple[str, ...]) -> None
     images = DockerImages()
     try:
         chosen_base = choose_base(images, base, click.echo)
-        built = build_images(images, specs, chosen_base, click.echo)
+        pip_args = host_pip_build_args()
+        if pip_args:
+            click.echo(
+                f"pip settings for the builds: {', '.join(sorted(pip_args))} (from this host's pip)"
+            )
+        built = build_images(images, specs, chosen_base, click.echo, pip_args)
     finally:
         images.close()
     click.echo(f"built {len(built)} image(s) on {images.where}: {', '.join(built)}")
@@ -82,7 +89,7 @@ def _chosen(plan: RegistryPlan, names: tuple[str, ...]) -> list[DockerExecutorSp
             f"not docker executors in {plan.path}: {', '.join(unknown)} "
             f"(known: {', '.join(dockers) or 'none'})"
         )
-    return [dockers[name] for name in names] if names else list(dockers.values())
+    return plan.with_bases([dockers[name] for name in names] if names else list(dockers.values()))
 
 
 def _engine_or_none() -> DockerImages | None:

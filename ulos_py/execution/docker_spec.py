@@ -65,6 +65,8 @@ class Limits(StrictFile):
 
 class DockerSettings(StrictFile):
     image: Annotated[str, Field(min_length=1)]
+    base: str | None = None
+    """A docker executor of the registry whose image this one builds on (`BASE_IMAGE`)."""
     mount: str = "/task"
     command: list[str] | None = None
     success: str = "exit-code"

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -37,7 +37,9 @@ class ImageStore(Protocol):
 
     def pull(self, image: str) -> str | None: ...
 
-    def build(self, folder: Path, tag: str, base_image: str, progress: Say) -> None: ...
+    def build(
+        self, folder: Path, tag: str, build_args: Mapping[str, str], progress: Say
+    ) -> None: ...
 
     def import_root_fs(self, tar_file: Path, image: str) -> None: ...
 
@@ -115,13 +117,32 @@ def build_local_base(store: ImageStore, image: str, mirror: str, say: Say) -> No
 
 
 def build_images(
-    store: ImageStore, specs: Iterable[DockerExecutorSpec], base: str, say: Say
+    store: ImageStore,
+    specs: Iterable[DockerExecutorSpec],
+    base: str,
+    say: Say,
+    extra_args: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Build every executor's image from its folder; the engine's cache makes repeats quick."""
-    built = []
+    """Build every executor's image from its folder; the engine's cache makes repeats quick.
+
+    An executor whose settings name a `base` executor is built on that one's image, so
+    `specs` must hold the base first (RegistryPlan.with_bases orders them). `extra_args`
+    (the host's pip settings, say) go to every Dockerfile; one that does not declare an
+    argument ignores it.
+    """
+    built: dict[str, str] = {}
     for spec in specs:
         tag = spec.settings.image
-        say(f"building {tag} for executor {spec.name!r} from {spec.folder} on {base}")
-        store.build(spec.folder, tag, base, lambda line: say(f"  {line}"))
-        built.append(tag)
-    return built
+        on = base
+        if spec.settings.base is not None:
+            if spec.settings.base not in built:
+                raise ConfigError(
+                    f"executor {spec.name!r} builds on {spec.settings.base!r}, "
+                    "which must be built before it"
+                )
+            on = built[spec.settings.base]
+        say(f"building {tag} for executor {spec.name!r} from {spec.folder} on {on}")
+        args = {**(extra_args or {}), "BASE_IMAGE": on}
+        store.build(spec.folder, tag, args, lambda line: say(f"  {line}"))
+        built[spec.name] = tag
+    return list(built.values())

@@ -77,6 +77,22 @@ class RegistryPlan:
     def patterns_of(self, name: str) -> list[str]:
         return [pattern for pattern, executor in self.routes if executor == name]
 
+    def with_bases(self, specs: list[DockerExecutorSpec]) -> list[DockerExecutorSpec]:
+        """`specs` and the executors they build on, each base before the images on it."""
+        ordered: list[DockerExecutorSpec] = []
+        for spec in specs:
+            chain = [spec]
+            while (base := chain[-1].settings.base) is not None:
+                chain.append(self._docker(base))
+            ordered.extend(s for s in reversed(chain) if s not in ordered)
+        return ordered
+
+    def _docker(self, name: str) -> DockerExecutorSpec:
+        spec = self.executors.get(name)
+        if not isinstance(spec, DockerExecutorSpec):
+            raise ConfigError(f"executor registry {self.path}: {name!r} is not a docker executor")
+        return spec
+
 
 def read_registry(path: Path) -> RegistryPlan:
     """Read and check a registry file; every problem becomes one ConfigError line."""
@@ -93,7 +109,29 @@ def read_registry(path: Path) -> RegistryPlan:
                 f"executor registry {path}: route {route.stage!r} names unknown executor "
                 f"{route.executor!r}"
             )
-    return RegistryPlan(path, tuple((r.stage, r.executor) for r in spec.route), executors)
+    plan = RegistryPlan(path, tuple((r.stage, r.executor) for r in spec.route), executors)
+    _check_bases(plan)
+    return plan
+
+
+def _check_bases(plan: RegistryPlan) -> None:
+    """Every `base` names a docker executor of the registry, and no image builds on itself."""
+    for spec in plan.docker_specs:
+        seen = [spec.name]
+        base = spec.settings.base
+        while base is not None:
+            target = plan.executors.get(base)
+            if not isinstance(target, DockerExecutorSpec):
+                raise ConfigError(
+                    f"executor {spec.name!r}: base {base!r} is not a docker executor of {plan.path}"
+                )
+            if base in seen:
+                raise ConfigError(
+                    f"executor {spec.name!r}: its images build on each other in a circle: "
+                    f"{' -> '.join([*seen, base])}"
+                )
+            seen.append(base)
+            base = target.settings.base
 
 
 def load_registry(path: Path, docker: DockerFactory) -> Registry:

@@ -1,0 +1,3 @@
+class Cart {
+    val items = mutableListOf<String>()
+}

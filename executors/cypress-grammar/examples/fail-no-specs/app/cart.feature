@@ -1,0 +1,3 @@
+Feature: cart
+  Scenario: empty
+    Given an empty cart

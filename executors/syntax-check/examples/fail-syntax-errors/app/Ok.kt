@@ -1,0 +1,1 @@
+fun ok(): Boolean = true

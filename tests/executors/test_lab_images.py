@@ -1,0 +1,179 @@
+"""The lab executors' images on their own: syntax-check (and its JavaScript/TypeScript-only
+stage cypress-grammar) and web-e2e, run in the node's sandbox by testcontainers.
+
+Each example's outcome is checked by test_images.py with every other executor's; here
+the reports must say why, at the right place.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from tests.executors.test_images import example, line_of
+from tests.support.executors import RunExecutor
+
+ALL_LANGUAGES = {"javascript", "typescript", "kotlin", "swift", "java", "python", "c", "gherkin"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# -- syntax-check ---------------------------------------------------------------------
+
+
+def test_syntax_check_parses_every_language_it_knows(run_executor: RunExecutor) -> None:
+    run = run_executor("syntax-check", example("syntax-check", "pass-all-languages"))
+
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.read("results/syntax.json"))
+    assert report["passed"] is True
+    assert set(report["checked"].values()) == ALL_LANGUAGES
+    assert report["checked"]["src/Badge.tsx"] == "typescript"
+    text = run.read("results/syntax-report.txt")
+    assert text.startswith("syntax-check: PASS - 9 file(s) checked, no syntax errors")
+    assert text in run.output
+
+
+def test_syntax_check_points_at_each_error_with_a_caret(run_executor: RunExecutor) -> None:
+    folder = example("syntax-check", "fail-syntax-errors")
+    kotlin = line_of(folder / "app" / "Grades.kt", 'else -> "poor"')
+    step = line_of(folder / "features" / "search.feature", "the result links")
+
+    run = run_executor("syntax-check", folder)
+
+    assert run.exit_code == 1
+    text = run.read("results/syntax-report.txt")
+    assert text.startswith("syntax-check: FAIL - 4 syntax error(s) in 3 of 4 file(s)")
+    assert f"app/Grades.kt:{kotlin}:19: syntax error: missing '}}'" in text
+    assert f'{kotlin:>5} |     else -> "poor"\n      |                   ^\n' in text
+    assert "cypress/e2e/search.cy.js:5:5: syntax error: unexpected 'cy'" in text
+    assert f"features/search.feature:{step}:5: syntax error: expected: #EOF" in text
+    assert "app/Ok.kt (kotlin): ok" in text
+    errors = json.loads(run.read("results/syntax.json"))["errors"]
+    assert {(e["file"], e["line"]) for e in errors} >= {("app/Grades.kt", kotlin)}
+
+
+def test_syntax_check_fails_when_there_is_nothing_to_check(run_executor: RunExecutor) -> None:
+    run = run_executor("syntax-check", example("syntax-check", "fail-nothing-to-check"))
+
+    assert run.exit_code == 1
+    assert "syntax-check: FAIL - no file to check" in run.read("results/syntax-report.txt")
+
+
+def test_syntax_check_reports_a_file_that_is_not_text(
+    run_executor: RunExecutor, tmp_path: Path
+) -> None:
+    (tmp_path / "Main.java").write_bytes(b"class Main {}\n\xff\xfe\n")
+
+    run = run_executor("syntax-check", tmp_path)
+
+    assert run.exit_code == 1
+    assert "Main.java:1:1: syntax error: not UTF-8 text" in run.output
+
+
+def test_syntax_check_refuses_an_unknown_language(
+    run_executor: RunExecutor, tmp_path: Path
+) -> None:
+    (tmp_path / "a.js").write_text("let a = 1;\n")
+
+    run = run_executor("syntax-check", tmp_path, LANGUAGES="javascript cobol")
+
+    assert run.exit_code == 2
+    assert "unknown cobol" in run.output
+
+
+# -- cypress-grammar: the same image, JavaScript and TypeScript only -------------------
+
+
+def test_cypress_grammar_checks_only_javascript_and_typescript(run_executor: RunExecutor) -> None:
+    run = run_executor("cypress-grammar", example("cypress-grammar", "pass-cypress-specs"))
+
+    assert run.exit_code == 0, run.output
+    checked = json.loads(run.read("results/syntax.json"))["checked"]
+    assert checked == {
+        "cypress/e2e/todo.cy.js": "javascript",
+        "cypress/support/commands.ts": "typescript",
+    }  # android/Notes.kt does not parse, and is not this stage's business
+
+
+def test_cypress_grammar_names_the_unclosed_block(run_executor: RunExecutor) -> None:
+    run = run_executor("cypress-grammar", example("cypress-grammar", "fail-unclosed-block"))
+
+    assert run.exit_code == 1
+    assert (
+        "cypress/e2e/cart.cy.js:1:1: syntax error: cannot parse from here to the end of the file"
+        in run.output
+    )
+
+
+# -- web-e2e --------------------------------------------------------------------------
+
+TODO_TESTS = {
+    "test_start_page_shows_an_empty_list",
+    "test_added_items_are_listed_in_order",
+    "test_a_done_item_is_struck_and_not_counted",
+}
+
+
+def junit_failures(text: str) -> dict[str, str]:
+    root = ET.fromstring(text)
+    cases = {case.get("name", ""): case for case in root.iter("testcase")}
+    assert set(cases) == TODO_TESTS
+    return {
+        name: (problem.get("message") or "")
+        for name, case in cases.items()
+        for problem in case
+        if problem.tag in ("failure", "error")
+    }
+
+
+def test_web_e2e_passes_a_working_app_with_a_screenshot_per_test(
+    run_executor: RunExecutor,
+) -> None:
+    run = run_executor("web-e2e", example("web-e2e", "pass-todo-app"))
+
+    assert run.exit_code == 0, run.output
+    assert junit_failures(run.read("results/junit.xml")) == {}
+    summary = run.read("results/summary.txt")
+    assert summary.startswith("web-e2e: PASS - 3 of 3 browser tests passed")
+    shots = sorted((run.task / "results" / "screenshots").glob("*.png"))
+    assert [shot.stem for shot in shots] == sorted(TODO_TESTS)
+    assert all(shot.read_bytes().startswith(PNG) for shot in shots)
+
+
+def test_web_e2e_names_the_failing_browser_test(run_executor: RunExecutor) -> None:
+    run = run_executor("web-e2e", example("web-e2e", "fail-counter-bug"))
+
+    assert run.exit_code == 1
+    failures = junit_failures(run.read("results/junit.xml"))
+    assert set(failures) == {"test_a_done_item_is_struck_and_not_counted"}
+    summary = run.read("results/summary.txt")
+    assert summary.startswith("web-e2e: FAIL - 2 of 3 browser tests passed")
+    assert "test_a_done_item_is_struck_and_not_counted [failed]: AssertionError: 2 items left" in (
+        summary
+    )
+
+
+def test_web_e2e_explains_a_missing_start_page(run_executor: RunExecutor) -> None:
+    run = run_executor("web-e2e", example("web-e2e", "fail-no-index-page"))
+
+    assert run.exit_code == 1
+    summary = run.read("results/summary.txt")
+    assert "web-e2e: FAIL - 0 of 3 browser tests passed" in summary
+    assert (
+        "Every test not passed has the same reason: index.html not found in the submission "
+        "(HTML files there: todo.html)" in summary
+    )
+
+
+def test_web_e2e_fails_a_page_that_never_finishes_loading(
+    run_executor: RunExecutor, tmp_path: Path
+) -> None:
+    (tmp_path / "index.html").write_text(
+        "<!doctype html><title>Lab todo list</title><script>while (true) {}</script>\n"
+    )
+
+    run = run_executor("web-e2e", tmp_path, PAGE_LOAD_TIMEOUT="3")
+
+    assert run.exit_code == 1, run.output
+    assert "web-e2e: FAIL - 0 of 3 browser tests passed" in run.read("results/summary.txt")
