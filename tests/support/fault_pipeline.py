@@ -60,6 +60,10 @@ class FaultLine:
     broker: Broker
     stages: tuple[str, ...] = ("s1",)
     started: float = field(default_factory=time.monotonic)
+    quorum: bool = False
+    """Every queue a quorum queue: replicated in a cluster, and counting redeliveries."""
+    fallbacks: tuple[Broker, ...] = ()
+    """Other members of the broker's cluster, tried in turn when one does not answer."""
 
     @property
     def logs(self) -> str:
@@ -81,7 +85,15 @@ class FaultLine:
         return [self.names.queue(key) for key in OUTPUTS]
 
     async def connect(self) -> AbstractConnection:
-        return await aio_pika.connect(self.broker.url, timeout=10)
+        members = (self.broker, *self.fallbacks)
+        for member in members[:-1]:
+            with suppress(*BROKER_TROUBLE):
+                return await aio_pika.connect(member.url, timeout=5)
+        return await aio_pika.connect(members[-1].url, timeout=10)
+
+    @property
+    def _queue_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "quorum"} if self.quorum else {}
 
     async def declare(self) -> None:
         connection = await self.connect()
@@ -91,15 +103,21 @@ class FaultLine:
             logs = await channel.declare_exchange(self.names.logs_exchange, durable=True)
             crashes = await channel.declare_exchange(self.names.crash_exchange, durable=True)
             for name in self.stages:
-                queue = await channel.declare_queue(self.stage_queue(name), durable=True)
+                queue = await channel.declare_queue(
+                    self.stage_queue(name), durable=True, arguments=self._queue_arguments
+                )
                 await queue.bind(processing, name)
                 await queue.bind(processing, f"{name}-fail")
             for key in OUTPUTS:
-                queue = await channel.declare_queue(self.names.queue(key), durable=True)
+                queue = await channel.declare_queue(
+                    self.names.queue(key), durable=True, arguments=self._queue_arguments
+                )
                 await queue.bind(processing, key)
             notices = ((self.logs, logs, "logs"), (self.crashes, crashes, "crash"))
             for queue_name, exchange, key in notices:
-                queue = await channel.declare_queue(queue_name, durable=True)
+                queue = await channel.declare_queue(
+                    queue_name, durable=True, arguments=self._queue_arguments
+                )
                 await queue.bind(exchange, key)
         finally:
             await connection.close()
@@ -373,9 +391,7 @@ class Nodes:
             work_dir,
             MESSAGE_BROKER_CONSUMPTION_QUEUE=line.stage_queue(stage_name),
             ULOS_NODE_ID=node_id,
-            ULOS_PROCESSES=1,
-            ULOS_EXECUTORS_FILE=registry,
-            **settings,
+            **{"ULOS_PROCESSES": 1, "ULOS_EXECUTORS_FILE": registry, **settings},
         )
         log_file = self.folder / f"{node_id}.log"
         with log_file.open("wb") as log:

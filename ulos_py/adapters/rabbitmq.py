@@ -35,7 +35,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from ulos_py.errors import BrokerUnavailable, ConfigError, PublishError
+from ulos_py.errors import BrokerUnavailable, ConfigError, ConnectionLost, PublishError
 from ulos_py.ports import Envelope
 from ulos_py.settings import ConnectionSettings, TlsOptions, tls_refusal
 
@@ -262,5 +262,7 @@ class RabbitPublisher:
             raise PublishError(f"{where}: the exchange does not exist") from exc
         except TimeoutError as exc:
             raise PublishError(f"{where}: no confirm within {PUBLISH_TIMEOUT:g} s") from exc
-        except (*BROKER_LOST, aiormq.exceptions.AMQPError) as exc:
+        except BROKER_LOST as exc:
+            raise ConnectionLost(f"{where}: broker connection lost ({exc!r})") from exc
+        except aiormq.exceptions.AMQPError as exc:
             raise PublishError(f"{where}: broker connection lost ({exc!r})") from exc
