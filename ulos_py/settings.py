@@ -101,6 +101,11 @@ class ConnectionSettings(BaseSettings):
     storage_tls_verify: bool = Field(True, alias="REMOTE_STORAGE_TLS_VERIFY")
 
     @property
+    def broker_endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The brokers MESSAGE_BROKER_HOST names, in order (one, or a cluster's members)."""
+        return broker_endpoints(self.broker_host, self.broker_port)
+
+    @property
     def broker_tls_options(self) -> TlsOptions | None:
         """How to speak AMQPS to the broker; None for plain AMQP."""
         if not self.broker_tls:
@@ -119,6 +124,11 @@ class ConnectionSettings(BaseSettings):
         if not self.storage_tls:
             return None
         return TlsOptions("REMOTE_STORAGE_TLS", self.storage_tls_ca_file, self.storage_tls_verify)
+
+    @model_validator(mode="after")
+    def _brokers_readable(self) -> Self:
+        self.broker_endpoints  # noqa: B018 (raises ConfigError for a bad list)
+        return self
 
     @model_validator(mode="after")
     def _tls_usable(self) -> Self:
@@ -146,6 +156,26 @@ class ConnectionSettings(BaseSettings):
             if options is not None:
                 options.context()
         return self
+
+
+def broker_endpoints(hosts: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """`host[:port],...` (an IPv6 address in brackets: `[::1]:5672`) as (host, port) pairs;
+    a host without a port gets `default_port` (MESSAGE_BROKER_PORT)."""
+    found = []
+    for entry in (part.strip() for part in hosts.split(",")):
+        host, port = entry, str(default_port)
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":") or port
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"MESSAGE_BROKER_HOST: {entry!r} is not host or host:port (several brokers of "
+                f"one cluster are separated by commas; got {hosts!r})"
+            )
+        found.append((host, int(port)))
+    return tuple(found)
 
 
 def usable_cores() -> int:
