@@ -121,6 +121,8 @@ async def _serve(
         metrics.set_broker(broker)
         if up:  # with several brokers listed, maybe another one than before
             log.info("broker_reconnected", broker=broker)
+        else:
+            log.warning("broker_connection_lost", broker=broker)
 
     unwatch = rabbitmq.watch_connection(connection, connection_changed)
     storage = FtpStorage(
