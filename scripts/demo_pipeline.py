@@ -5,7 +5,8 @@ executor images are built. It starts an FTP server (pyftpdlib) and one node per
 configuration in testing-configurations/, zips and uploads each message's submission,
 publishes every message in testing-messages/, shows each notice as it arrives, and ends
 with a table of each task's actual path against the expected one. Every process it
-started is stopped on the way out, also on Ctrl-C.
+started is stopped on the way out, also on Ctrl-C. It runs in a RabbitMQ virtual host of
+its own (MESSAGE_BROKER_VHOST), deleted at the end with everything in it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ MESSAGES = ROOT / "testing-messages"
 CONFIGS = ROOT / "testing-configurations"
 RUN = ROOT / ".run"
 ULOS = [sys.executable, "-m", "ulos_py"]
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+VHOST = f"ulos-demo-{os.getpid()}"
+"""The demo's own virtual host on the broker, removed at the end: it leaves no queue or
+message behind, and runs beside a real deployment on the same broker."""
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 FTP_PORT = 2121
 ROLES = [
     "general",
@@ -270,6 +274,24 @@ async def finished_unless_interrupted(
     return False
 
 
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def make_vhost() -> None:
+    """A virtual host of the demo's own; every node and command of it uses it."""
+    print(f"==> virtual host {VHOST} (removed at the end)")
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    os.environ["MESSAGE_BROKER_VHOST"] = VHOST
+
+
+def remove_vhost() -> None:
+    """Its queues, exchanges and messages go with it."""
+    print(f"==> removing virtual host {VHOST}")
+    rabbitmqctl("delete_vhost", VHOST)
+
+
 async def main() -> int:
     expected = tomllib.loads((MESSAGES / "expected.toml").read_text())
     journeys = {
@@ -278,6 +300,7 @@ async def main() -> int:
     }
     children: list[subprocess.Popen[bytes]] = []
     interrupted = catch_interrupts()
+    make_vhost()
     try:
         start_processes(children)
         ready = asyncio.Event()
@@ -293,6 +316,7 @@ async def main() -> int:
     finally:
         print("==> stopping every process this run started")
         stop_processes(children)
+        remove_vhost()
 
 
 if __name__ == "__main__":

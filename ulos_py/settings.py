@@ -85,6 +85,8 @@ class ConnectionSettings(BaseSettings):
 
     broker_host: str = Field("localhost", alias="MESSAGE_BROKER_HOST")
     broker_port: Port = Field(5672, alias="MESSAGE_BROKER_PORT")
+    broker_vhost: Annotated[str, Field(min_length=1)] = Field("/", alias="MESSAGE_BROKER_VHOST")
+    """The virtual host on every broker listed (RabbitMQ's default is `/`)."""
     broker_username: str = Field("guest", alias="MESSAGE_BROKER_USERNAME")
     broker_password: SecretStr = Field(SecretStr("guest"), alias="MESSAGE_BROKER_PASSWORD")
     storage_host: str = Field("localhost", alias="REMOTE_STORAGE_HOST")

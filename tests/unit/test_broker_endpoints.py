@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ulos_py.adapters import rabbitmq
 from ulos_py.errors import ConfigError
-from ulos_py.settings import broker_endpoints
+from ulos_py.settings import ConnectionSettings, broker_endpoints
 
 
 @pytest.mark.parametrize(
@@ -27,3 +28,16 @@ def test_brokers_are_listed_in_order_with_the_default_port(
 def test_a_bad_list_names_the_variable_and_the_entry(hosts: str) -> None:
     with pytest.raises(ConfigError, match="MESSAGE_BROKER_HOST"):
         broker_endpoints(hosts, 5672)
+
+
+def test_every_listed_broker_gets_the_virtual_host() -> None:
+    settings = ConnectionSettings(
+        MESSAGE_BROKER_HOST="r1,r2:5673", MESSAGE_BROKER_VHOST="lab-7", MESSAGE_BROKER_PORT=5674
+    )
+    address = rabbitmq.BrokerAddress.of(settings, "test")
+
+    assert [(url.host, url.port, url.path) for url in address.urls(1)] == [
+        ("r2", 5673, "/lab-7"),
+        ("r1", 5674, "/lab-7"),
+    ]
+    assert "password" not in str(address.urls())

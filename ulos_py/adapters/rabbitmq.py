@@ -65,6 +65,7 @@ class BrokerAddress:
     """AMQPS when set."""
     peers: tuple[tuple[str, int], ...] = ()
     """More brokers of the same cluster, tried in turn after (host, port)."""
+    vhost: str = "/"
 
     @classmethod
     def of(cls, settings: ConnectionSettings, connection_name: str) -> BrokerAddress:
@@ -77,6 +78,7 @@ class BrokerAddress:
             connection_name,
             settings.broker_tls_options,
             tuple(peers),
+            settings.broker_vhost,
         )
 
     @property
@@ -92,8 +94,9 @@ class BrokerAddress:
         """The brokers' URLs (no password in them), starting with the `first`-th."""
         order = self.endpoints[first:] + self.endpoints[:first]
         scheme = "amqps" if self.tls is not None else "amqp"
+        path = "/" if self.vhost == "/" else f"/{self.vhost}"  # aiormq: the path's rest
         return tuple(
-            URL.build(scheme=scheme, host=host, port=port, user=self.username, path="/")
+            URL.build(scheme=scheme, host=host, port=port, user=self.username, path=path)
             for host, port in order
         )
 
