@@ -80,9 +80,18 @@ class FaultLine:
     def inputs(self) -> list[str]:
         return [self.stage_queue(s) for s in self.stages]
 
+    def output_queue(self, key: str) -> str:
+        """The queue where tasks ending at `key` (DONE or FAILED) pile up."""
+        return self.names.queue(key)
+
     @property
     def outputs(self) -> list[str]:
-        return [self.names.queue(key) for key in OUTPUTS]
+        return [self.output_queue(key) for key in OUTPUTS]
+
+    @property
+    def exchange(self) -> str:
+        """Where tasks go between stages."""
+        return self.names.exchange
 
     async def connect(self) -> AbstractConnection:
         members = (self.broker, *self.fallbacks)
@@ -196,7 +205,7 @@ class FaultLine:
         connection = await self.connect()
         try:
             channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(self.names.exchange)
+            exchange = await channel.get_exchange(self.exchange)
             began = time.monotonic()
             for n, planned in enumerate(tasks):
                 if rate is not None:
@@ -286,7 +295,7 @@ class FaultLine:
         try:
             channel = await connection.channel(publisher_confirms=False)
             for key in OUTPUTS:
-                for message in await drain(channel, self.names.queue(key)):
+                for message in await drain(channel, self.output_queue(key)):
                     body = parse(message.body)
                     ledger.arrivals.append(Arrival(body["taskId"], key, message.message_id))
             for message in await drain(channel, self.crashes):
