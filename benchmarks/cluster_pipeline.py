@@ -83,7 +83,6 @@ async def run_setup(setup: str, size: int, tasks: int, folder: Path, ftp: Restar
                     m.address for m in cluster.members[i % size :] + cluster.members[: i % size]
                 ),
                 MESSAGE_BROKER_PREFETCH_COUNT=20,
-                ULOS_LOG_LEVEL="warning",
                 **NOTICE_EXCHANGES,
             )
             for i, stage in enumerate(STAGES)
