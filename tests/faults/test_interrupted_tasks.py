@@ -21,7 +21,7 @@ from tests.conftest import FtpServer
 from tests.faults.conftest import MakeLine, PrivateBroker
 from tests.faults.pipeline import DONE, Nodes
 
-pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 TASKS = 300
 RESTARTS = 2
