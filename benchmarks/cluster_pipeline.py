@@ -28,9 +28,9 @@ from pathlib import Path
 from benchmarks.proc_probes import cpu_seconds
 from tests.cluster.rabbit_cluster import RabbitCluster
 from tests.cluster.sample_line import NOTICE_EXCHANGES, SampleLine
-from tests.conftest import Names
-from tests.faults.conftest import RestartableFtp
-from tests.faults.pipeline import DONE, Nodes
+from tests.support.fault_pipeline import DONE, Nodes
+from tests.support.faults import RestartableFtp
+from tests.support.services import Names
 
 STAGES = ("testing-1", "testing-2", "testing-3")
 

@@ -20,8 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import Broker
-from tests.faults.conftest import free_port, rabbit_tool
+from tests.support.faults import free_port, rabbit_tool
+from tests.support.services import Broker
 
 START_SECONDS = 120.0
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.e2e.conftest import ROOT
-from tests.faults.pipeline import DONE, FAILED, FaultLine
-from tests.harness import stage
+from tests.support.fault_pipeline import DONE, FAILED, FaultLine
+from tests.support.harness import stage
+from tests.support.services import ROOT
 
 SAMPLE_TOPOLOGY = ROOT / "testing-configurations" / "topology.toml"
 ENDS = {DONE: "lab-passed", FAILED: "lab-failed"}

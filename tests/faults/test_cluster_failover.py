@@ -28,8 +28,8 @@ import pytest
 
 from tests.cluster.rabbit_cluster import RabbitCluster
 from tests.cluster.sample_line import SampleLine
-from tests.conftest import FtpServer, Names
-from tests.faults.pipeline import DONE, NodeProcess, Nodes
+from tests.support.fault_pipeline import DONE, NodeProcess, Nodes
+from tests.support.services import FtpServer, Names
 
 pytestmark = [pytest.mark.fault, pytest.mark.cluster, pytest.mark.timeout(900)]
 

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from tests.conftest import Broker
+from tests.support.services import Broker
 from ulos_py.adapters import rabbitmq
 from ulos_py.errors import BrokerUnavailable
 

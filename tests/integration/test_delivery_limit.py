@@ -11,7 +11,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import Names
+from tests.support.services import Names
 from ulos_py.adapters.rabbitmq_tooling import declare_topology
 from ulos_py.errors import ConfigError
 from ulos_py.topology import BindingSpec, ExchangeSpec, QueueSpec, Topology, load_topology

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FtpServer, Names
+from tests.support.services import FtpServer, Names
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.errors import StorageError
 
