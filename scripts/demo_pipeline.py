@@ -152,7 +152,11 @@ async def purge_stage_queues(channel: aio_pika.abc.AbstractChannel) -> None:
         await queue.purge()
 
 
-async def watch(journeys: dict[str, Journey], ready: asyncio.Event) -> None:
+async def watch(
+    journeys: dict[str, Journey], ready: asyncio.Event, published: asyncio.Event
+) -> None:
+    """Follow the notices until every journey ended, or for WAIT_SECONDS after the last
+    task was published (uploading the submissions may take a while on a busy machine)."""
     connection = await aio_pika.connect_robust(BROKER_URL)
     async with connection:
         channel = await connection.channel()
@@ -161,15 +165,19 @@ async def watch(journeys: dict[str, Journey], ready: asyncio.Event) -> None:
         await notices.bind("logs-exchange", "logs")
         await notices.bind("crash-exchange", "crash")
         ready.set()
-        deadline = time.monotonic() + WAIT_SECONDS
+        deadline: float | None = None
         async with notices.iterator() as incoming:
             while any(j.end is None for j in journeys.values()):
-                remaining = deadline - time.monotonic()
+                if deadline is None and published.is_set():
+                    deadline = time.monotonic() + WAIT_SECONDS
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 try:
                     message = await asyncio.wait_for(incoming.__anext__(), remaining)
                 except TimeoutError:
+                    if deadline is None:
+                        continue
                     return
                 await message.ack()
                 if message.exchange == "logs-exchange" and b'"crashed"' in message.body:
@@ -303,11 +311,12 @@ async def main() -> int:
     make_vhost()
     try:
         start_processes(children)
-        ready = asyncio.Event()
-        watcher = asyncio.create_task(watch(journeys, ready))
+        ready, published = asyncio.Event(), asyncio.Event()
+        watcher = asyncio.create_task(watch(journeys, ready, published))
         await ready.wait()
         upload_submissions(journeys)
         publish_all(list(journeys))
+        published.set()
         print("==> following the notices (task, stage, event, message)")
         if not await finished_unless_interrupted(watcher, interrupted):
             print("==> interrupted")
