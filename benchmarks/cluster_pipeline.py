@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.cluster_pipeline [--tasks 600]
 
-Each setup starts its own broker nodes on loopback (tests/cluster/rabbit_cluster.py: a
+Each setup starts its own broker nodes on loopback (tests/support/rabbit_cluster.py: a
 1-node "cluster" for the single broker, three joined nodes for the cluster), applies the
 sample topology (every queue a quorum queue, so the cluster replicates each on three
 nodes) with `ulos-py topology apply`, and runs one `ulos-py node` per stage (testing-1,
@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.proc_probes import cpu_seconds
-from tests.cluster.rabbit_cluster import RabbitCluster
-from tests.cluster.sample_line import NOTICE_EXCHANGES, SampleLine
 from tests.support.fault_pipeline import DONE, Nodes
 from tests.support.faults import RestartableFtp
+from tests.support.rabbit_cluster import RabbitCluster
+from tests.support.sample_line import NOTICE_EXCHANGES, SampleLine
 from tests.support.services import Names
 
 STAGES = ("testing-1", "testing-2", "testing-3")

@@ -1,7 +1,7 @@
 """Past one broker: a 3-node RabbitMQ cluster loses a member, and then restarts every one.
 
 The sample topology (every queue a quorum queue) is applied to a 3-node cluster on loopback
-(tests/cluster/rabbit_cluster.py) by `ulos-py topology apply` given all three brokers. A
+(tests/support/rabbit_cluster.py) by `ulos-py topology apply` given all three brokers. A
 3-stage pipeline (testing-1 → testing-2 → testing-3, one node each) runs 1000 tasks; each
 node lists all three brokers in MESSAGE_BROKER_HOST, starting with a different one, so each
 is connected to another member. Mid-run one member is killed with SIGKILL and later started
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.rabbit_cluster import RabbitCluster
-from tests.cluster.sample_line import SampleLine
 from tests.support.fault_pipeline import DONE, NodeProcess, Nodes
+from tests.support.rabbit_cluster import RabbitCluster
+from tests.support.sample_line import SampleLine
 from tests.support.services import FtpServer, Names
 
 pytestmark = [pytest.mark.fault, pytest.mark.cluster, pytest.mark.timeout(900)]
