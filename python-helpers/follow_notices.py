@@ -19,7 +19,9 @@ completed, 3 when it crashed, 1 on an error or when --timeout runs out first.
 
 The broker and exchanges are the ones the nodes use: MESSAGE_BROKER_HOST, _PORT,
 _USERNAME, _PASSWORD, _LOGS_EXCHANGE, _LOGS_ROUTING_KEY, _CRASH_EXCHANGE,
-_CRASH_ROUTING_KEY (the options below override them).
+_CRASH_ROUTING_KEY (the options below override them). MESSAGE_BROKER_HOST may list the
+brokers of one cluster (`host[:port],...`): the first that answers is followed, and when
+it goes away the next ones are tried in turn.
 
 Needs only the standard library and aio-pika (pip install aio-pika).
 """
@@ -39,6 +41,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     AMQPConnectionError,
     ChannelInvalidStateError,
@@ -174,20 +177,72 @@ async def follow(args: argparse.Namespace) -> int:
     raise KeyboardInterrupt
 
 
+def broker_urls(args: argparse.Namespace) -> list[Any]:
+    """MESSAGE_BROKER_HOST (--host) may list the brokers of one RabbitMQ cluster,
+    `host[:port],...`; a host without a port gets --port. Their URLs, in that order."""
+    urls = []
+    for entry in (part.strip() for part in args.host.split(",")):
+        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else ("", "", "")
+        urls.append(
+            make_url(
+                host=host or entry,
+                port=int(port or args.port),
+                login=args.username,
+                password=args.password,
+            )
+        )
+    return urls
+
+
+RECONNECT_INTERVAL = 2.0
+"""Seconds between attempts while the broker is away."""
+ROTATING: set[asyncio.Task[None]] = set()
+"""The task that moves a lost connection on to the next broker (kept: asyncio holds weakly)."""
+
+
+async def connect_robust_any(urls: list[Any]) -> aio_pika.abc.AbstractRobustConnection:
+    """A reconnecting connection to the first broker of the list that answers."""
+    for url in urls[:-1]:
+        try:
+            return await connect_robust(url)
+        except (OSError, AMQPConnectionError, TimeoutError):
+            continue  # the next broker of the cluster
+    return await connect_robust(urls[-1])
+
+
+async def connect_robust(url: Any) -> aio_pika.abc.AbstractRobustConnection:
+    return await aio_pika.connect_robust(
+        url,
+        timeout=10,
+        reconnect_interval=RECONNECT_INTERVAL,
+        client_properties={"connection_name": f"follow_notices.py pid {os.getpid()}"},
+    )
+
+
+async def rotate_while_down(
+    connection: aio_pika.abc.AbstractRobustConnection, urls: list[Any]
+) -> None:
+    if not isinstance(connection, aio_pika.RobustConnection):  # what connect_robust makes
+        return
+    turn = urls.index(connection.url) if connection.url in urls else 0
+    while len(urls) > 1 and not connection.is_closed:
+        await asyncio.sleep(RECONNECT_INTERVAL / 2)
+        if not connection.connected.is_set():
+            turn = (turn + 1) % len(urls)
+            connection.url = urls[turn]
+            await asyncio.sleep(RECONNECT_INTERVAL)
+
+
 async def _follow(args: argparse.Namespace) -> int:
     # connect_robust: if the connection drops, aio-pika reconnects by itself and declares
     # the queue, its bindings and the consumer again, so following goes on.
-    connection = await aio_pika.connect_robust(
-        host=args.host,
-        port=args.port,
-        login=args.username,
-        password=args.password,
-        timeout=10,
-        reconnect_interval=2,  # seconds between attempts while the broker is away
-        client_properties={"connection_name": f"follow_notices.py pid {os.getpid()}"},
-    )
+    urls = broker_urls(args)
+    connection = await connect_robust_any(urls)
     connection.close_callbacks.add(on_lost)
     connection.reconnect_callbacks.add(on_back)
+    # aio-pika reconnects to the one URL it has: while it is down, point it at the next
+    # broker of the cluster before each attempt.
+    ROTATING.add(asyncio.create_task(rotate_while_down(connection, urls)))
     async with connection:
         channel = await connection.channel()
         # At most this many notices are on their way to us unacknowledged.
@@ -272,7 +327,8 @@ def main() -> int:
     # script says what matters in one line instead (on_lost, on_back, main).
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
-    broker = f"the broker at {args.host}:{args.port}"
+    listed = ", ".join(f"{url.host}:{url.port}" for url in broker_urls(args))
+    broker = f"the broker at {listed}"
     try:
         return asyncio.run(follow(args))
     except KeyboardInterrupt:

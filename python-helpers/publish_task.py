@@ -12,7 +12,8 @@ bound there, this is an error, not a silently dropped task.
       --exchange processing-exchange --stage pass --on-success lab.passed --on-failure lab.failed
 
 The broker is the one the nodes use: MESSAGE_BROKER_HOST, _PORT, _USERNAME, _PASSWORD
-(the options below override them).
+(the options below override them). MESSAGE_BROKER_HOST may list the brokers of one
+cluster (`host[:port],...`): the first that answers takes the task.
 
 Needs only the standard library and aio-pika (pip install aio-pika).
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     AMQPConnectionError,
     ChannelNotFoundEntity,
@@ -109,19 +111,47 @@ def check(message: dict[str, Any]) -> None:
         raise Failed("routingTree needs an exchange and a routingKey (--exchange, --stage)")
 
 
+def broker_urls(args: argparse.Namespace) -> list[Any]:
+    """MESSAGE_BROKER_HOST (--host) may list the brokers of one RabbitMQ cluster,
+    `host[:port],...`; a host without a port gets --port. Their URLs, in that order."""
+    urls = []
+    for entry in (part.strip() for part in args.host.split(",")):
+        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else ("", "", "")
+        urls.append(
+            make_url(
+                host=host or entry,
+                port=int(port or args.port),
+                login=args.username,
+                password=args.password,
+            )
+        )
+    return urls
+
+
+async def connect_any(urls: list[Any]) -> aio_pika.abc.AbstractConnection:
+    """The first broker of the list that answers (the last one's failure if none does)."""
+    for url in urls[:-1]:
+        try:
+            return await connect(url)
+        except (OSError, AMQPConnectionError, TimeoutError):
+            continue  # the next broker of the cluster
+    return await connect(urls[-1])
+
+
+async def connect(url: Any) -> aio_pika.abc.AbstractConnection:
+    return await aio_pika.connect(
+        url,
+        timeout=10,
+        client_properties={"connection_name": f"publish_task.py pid {os.getpid()}"},
+    )
+
+
 async def publish(args: argparse.Namespace, message: dict[str, Any]) -> None:
     root = message["routingTree"]
     where = f"exchange {root['exchange']!r} with routing key {root['routingKey']!r}"
     # A plain connection (not connect_robust): this script sends one message and exits, so
     # a lost connection should be an error for the caller to see, not a silent retry.
-    connection = await aio_pika.connect(
-        host=args.host,
-        port=args.port,
-        login=args.username,
-        password=args.password,
-        timeout=10,
-        client_properties={"connection_name": f"publish_task.py pid {os.getpid()}"},
-    )
+    connection = await connect_any(broker_urls(args))
     async with connection:
         # publisher_confirms: publish() returns only once the broker has taken the message
         # (written it to disk, for a persistent message in a durable queue).
@@ -195,7 +225,8 @@ def main() -> int:
     args = parse_args()
     # aiormq logs a failed connection attempt itself; it is reported below in one line.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-    broker = f"the broker at {args.host}:{args.port}"
+    listed = ", ".join(f"{url.host}:{url.port}" for url in broker_urls(args))
+    broker = f"the broker at {listed}"
     try:
         message = build_message(args)
         check(message)

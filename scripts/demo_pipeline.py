@@ -6,8 +6,9 @@ configuration in testing-configurations/, zips and uploads each message's submis
 publishes every message in testing-messages/, shows each notice as it arrives, and ends
 with a table of each task's actual path against the expected one. The table is built
 from the tracker's API (`ulos-py tracker`, started beside the nodes) and checked against the
-notices this script followed itself. Every process it started is stopped on the way out,
-also on Ctrl-C.
+notices this script followed itself. It runs in a RabbitMQ virtual host of its own
+(MESSAGE_BROKER_VHOST), deleted at the end with everything in it. Every process it started
+is stopped on the way out, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ MESSAGES = ROOT / "testing-messages"
 CONFIGS = ROOT / "testing-configurations"
 RUN = ROOT / ".run"
 ULOS = [sys.executable, "-m", "ulos_py"]
+VHOST = f"ulos-demo-{os.getpid()}"
+"""The demo's own virtual host on the broker, removed at the end: it leaves no queue or
+message behind, and runs beside a real deployment on the same broker."""
 # The sample configurations' ports; the environment wins over them, as for the nodes, so
 # the demo can run against a private broker and FTP port.
-BROKER_URL = f"amqp://guest:guest@127.0.0.1:{os.environ.get('MESSAGE_BROKER_PORT') or 5672}/"
+BROKER_PORT = int(os.environ.get("MESSAGE_BROKER_PORT") or 5672)
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:{BROKER_PORT}/{VHOST}"
 FTP_PORT = int(os.environ.get("REMOTE_STORAGE_PORT") or 2121)
 TRACKER_PORT = 8400
 TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
@@ -187,6 +192,8 @@ async def purge_stage_queues(channel: aio_pika.abc.AbstractChannel) -> None:
 async def watch(
     journeys: dict[str, Journey], ready: asyncio.Event, published: asyncio.Event
 ) -> None:
+    """Follow the notices until every journey ended, or for WAIT_SECONDS after the last
+    task was published (uploading the submissions may take a while on a busy machine)."""
     connection = await aio_pika.connect_robust(BROKER_URL)
     async with connection:
         channel = await connection.channel()
@@ -207,6 +214,8 @@ async def watch(
                 try:
                     message = await asyncio.wait_for(incoming.__anext__(), remaining)
                 except TimeoutError:
+                    if deadline is None:
+                        continue
                     return
                 await message.ack()
                 if message.exchange == "logs-exchange" and b'"crashed"' in message.body:
@@ -354,6 +363,24 @@ async def finished_unless_interrupted(
     return False
 
 
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def make_vhost() -> None:
+    """A virtual host of the demo's own; every node and command of it uses it."""
+    print(f"==> virtual host {VHOST} (removed at the end)")
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    os.environ["MESSAGE_BROKER_VHOST"] = VHOST
+
+
+def remove_vhost() -> None:
+    """Its queues, exchanges and messages go with it."""
+    print(f"==> removing virtual host {VHOST}")
+    rabbitmqctl("delete_vhost", VHOST)
+
+
 async def main() -> int:
     expected = tomllib.loads((MESSAGES / "expected.toml").read_text())
     journeys = {
@@ -362,6 +389,7 @@ async def main() -> int:
     }
     children: list[subprocess.Popen[bytes]] = []
     interrupted = catch_interrupts()
+    make_vhost()
     try:
         start_processes(children)
         ready = asyncio.Event()
@@ -387,6 +415,7 @@ async def main() -> int:
     finally:
         print("==> stopping every process this run started")
         stop_processes(children)
+        remove_vhost()
 
 
 if __name__ == "__main__":

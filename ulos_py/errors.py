@@ -12,6 +12,7 @@
     ├── BrokerUnavailable        the broker cannot be reached
     ├── ExchangeMissing          an exchange to watch is not declared on the broker
     ├── PublishError             the broker did not confirm a publish (adapter level)
+    │   └── ConnectionLost       ... because the connection went: its deliveries went too
     ├── SettleFailed             an ack/reject did not reach the broker (it will redeliver)
     └── TaskCrash                a task ended without an outcome; `kind` is SPEC §4 `error.kind`
         ├── MalformedTask        not JSON, or breaks SPEC §2 (carries raw body and errors)
@@ -185,6 +186,12 @@ class TaskCancelled(TaskCrash):
         self.by = by
         self.reason = reason
         self.at = at
+
+
+class ConnectionLost(PublishError):
+    """The broker connection went while publishing. The deliveries taken on it went with it:
+    the broker hands them out again, so a task whose forward failed this way is interrupted,
+    not crashed (SPEC §3)."""
 
 
 class SettleFailed(UlosError):

@@ -5,10 +5,11 @@
 Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject (or,
 with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES: a
 counted copy back on the queue, then the ack). A cancellation of the asyncio task (node
-shutdown) is not a failure: the delivery goes back to the queue. An operator's cancel of the
-task (`ulos_py.cancellation`) is another thing: from its receipt to the end of its execution
-the task runs in a cancel scope, which stops it with TaskCancelled; that crash is acked,
-never requeued, since nobody wants the task any more.
+shutdown) is not a failure: the delivery goes back to the queue; nor is an interruption (the
+broker connection lost mid-task): the broker hands the task out again. An operator's cancel
+of the task (`ulos_py.cancellation`) is another thing: from its receipt to the end of its
+execution the task runs in a cancel scope, which stops it with TaskCancelled; that crash is
+acked, never requeued, since nobody wants the task any more.
 
 A task that may run longer than the broker lets a delivery go unacknowledged is leased
 (`Delivery.lease`) before it executes, so the broker cannot close the channel under it and
@@ -40,6 +41,7 @@ import structlog
 from ulos_py.archive import ArchiveLimits
 from ulos_py.cancellation import CancelBoard, CancelScope
 from ulos_py.errors import (
+    ConnectionLost,
     DownloadFailed,
     ExecutionCrashed,
     ExecutionTimedOut,
@@ -77,6 +79,11 @@ from ulos_py.routing import (
 from ulos_py.workspace import Cleaner, Workspace, workspace
 
 log = structlog.get_logger(__name__)
+
+INTERRUPTION_CHECKS = 20
+INTERRUPTION_CHECK_SECONDS = 0.05
+"""After a publish failed on a lost connection, how long (20 times 50 ms) the delivery's own
+channel gets to be seen closed."""
 
 
 @dataclass(frozen=True)
@@ -286,11 +293,18 @@ async def _settle_crash(delivery: Delivery, deps: Deps, report: Reporter, crash:
     deliveries left in its budget, requeued (counted).
 
     A malformed message is never requeued: it cannot get better. A cancelled task is acked:
-    nobody wants it any more, so it goes neither back nor to the dead letters.
+    nobody wants it any more, so it goes neither back nor to the dead letters. A delivery
+    lost with the broker connection is neither: the broker hands it out again, so a crash
+    notice would tell its sender of an end the task never had (a failed forward is what the
+    lost connection looks like from here).
     """
     if isinstance(crash, TaskCancelled):
         report.crash(crash)
         await _settle(delivery.ack(), report, Event.ACKED)
+        return
+    if await _interrupted(delivery, crash):
+        task_id = report.context.received.get("taskId")
+        log.warning("task_interrupted", task_id=task_id, reason=crash.detail)
         return
     if not deps.requeue_on_reject or isinstance(crash, MalformedTask):
         report.crash(crash)
@@ -309,6 +323,23 @@ async def _requeue_counted(delivery: Delivery) -> None:
     broker did not confirm is no ack (the broker delivers the task again)."""
     await delivery.put_back_counted()
     await delivery.ack()
+
+
+async def _interrupted(delivery: Delivery, crash: TaskCrash) -> bool:
+    """Whether the crash is the broker connection going, with the delivery.
+
+    A publish fails on the lost connection a moment before the consuming channel is seen
+    closed, so after such a failure the delivery gets that moment (a live channel means the
+    crash was real)."""
+    if delivery.lost:
+        return True
+    if not isinstance(crash.__cause__, ConnectionLost):
+        return False
+    for _ in range(INTERRUPTION_CHECKS):
+        await asyncio.sleep(INTERRUPTION_CHECK_SECONDS)
+        if delivery.lost:
+            return True
+    return False
 
 
 async def _settle(

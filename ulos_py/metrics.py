@@ -92,6 +92,8 @@ class Health:
     connected: bool
     consuming: bool
     in_flight: int
+    broker: str = ""
+    """`host:port` of the broker the node is on, or trying (one of MESSAGE_BROKER_HOST)."""
 
     @property
     def healthy(self) -> bool:
@@ -105,6 +107,7 @@ class Health:
             "inFlight": self.in_flight,
             "nodeId": self.node_id,
             "queue": self.queue,
+            "broker": self.broker,
         }
 
 
@@ -195,6 +198,10 @@ class NodeMetrics:
         self._consuming_gauge = Gauge(
             "ulos_consuming", "1 while the node's consumer is active.", registry=registry
         )
+        self._broker_info = Info(
+            "ulos_broker", "The broker this node is on, or trying.", registry=registry
+        )
+        self.broker = ""
         self.connected = False
         self.consuming = False
 
@@ -215,13 +222,20 @@ class NodeMetrics:
             self._losses.inc()
         self.set_connected(up)
 
+    def set_broker(self, broker: str) -> None:
+        """Which broker of MESSAGE_BROKER_HOST the connection is on (`host:port`)."""
+        self.broker = broker
+        self._broker_info.info({"broker": broker})
+
     def set_consuming(self, on: bool) -> None:
         self.consuming = on
         self._consuming_gauge.set(int(on))
 
     def health(self) -> Health:
         in_flight = self._in_flight()
-        return Health(self.node_id, self.queue, self.connected, self.consuming, in_flight)
+        return Health(
+            self.node_id, self.queue, self.connected, self.consuming, in_flight, self.broker
+        )
 
 
 def _routing_key(notice: Mapping[str, Any]) -> str | None:

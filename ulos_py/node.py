@@ -117,7 +117,19 @@ async def _serve(
     if connection is None:
         return
     metrics.set_connected(True)
-    unwatch = rabbitmq.watch_connection(connection, metrics.connection_changed)
+    metrics.set_broker(rabbitmq.current_broker(connection))
+    log.info("broker_connected", broker=rabbitmq.current_broker(connection))
+
+    def connection_changed(up: bool) -> None:
+        metrics.connection_changed(up)
+        broker = rabbitmq.current_broker(connection)
+        metrics.set_broker(broker)
+        if up:  # with several brokers listed, maybe another one than before
+            log.info("broker_reconnected", broker=broker)
+        else:
+            log.warning("broker_connection_lost", broker=broker)
+
+    unwatch = rabbitmq.watch_connection(connection, connection_changed)
     storage = FtpStorage(
         FtpAddress.of(settings),
         connections=settings.storage_connections,

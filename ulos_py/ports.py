@@ -23,6 +23,12 @@ class Delivery(Protocol):
     @property
     def priority(self) -> int | None: ...
 
+    @property
+    def lost(self) -> bool:
+        """True once the delivery went with the broker connection (a broker restart, a
+        cluster node going away): it can no longer be settled and the broker hands the task
+        out again, so whatever stopped it is not the task's end (SPEC §3)."""
+
     async def ack(self) -> None:
         """Raises SettleFailed when the broker can no longer take it."""
 

@@ -86,6 +86,8 @@ class ConnectionSettings(BaseSettings):
 
     broker_host: str = Field("localhost", alias="MESSAGE_BROKER_HOST")
     broker_port: Port = Field(5672, alias="MESSAGE_BROKER_PORT")
+    broker_vhost: Annotated[str, Field(min_length=1)] = Field("/", alias="MESSAGE_BROKER_VHOST")
+    """The virtual host on every broker listed (RabbitMQ's default is `/`)."""
     broker_username: str = Field("guest", alias="MESSAGE_BROKER_USERNAME")
     broker_password: SecretStr = Field(SecretStr("guest"), alias="MESSAGE_BROKER_PASSWORD")
     storage_host: str = Field("localhost", alias="REMOTE_STORAGE_HOST")
@@ -100,6 +102,11 @@ class ConnectionSettings(BaseSettings):
     storage_tls: bool = Field(False, alias="REMOTE_STORAGE_TLS")
     storage_tls_ca_file: OptionalFile = Field(None, alias="REMOTE_STORAGE_TLS_CA_FILE")
     storage_tls_verify: bool = Field(True, alias="REMOTE_STORAGE_TLS_VERIFY")
+
+    @property
+    def broker_endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The brokers MESSAGE_BROKER_HOST names, in order (one, or a cluster's members)."""
+        return broker_endpoints(self.broker_host, self.broker_port)
 
     @property
     def broker_tls_options(self) -> TlsOptions | None:
@@ -120,6 +127,11 @@ class ConnectionSettings(BaseSettings):
         if not self.storage_tls:
             return None
         return TlsOptions("REMOTE_STORAGE_TLS", self.storage_tls_ca_file, self.storage_tls_verify)
+
+    @model_validator(mode="after")
+    def _brokers_readable(self) -> Self:
+        self.broker_endpoints  # noqa: B018 (raises ConfigError for a bad list)
+        return self
 
     @model_validator(mode="after")
     def _tls_usable(self) -> Self:
@@ -180,6 +192,26 @@ class CancelSettings(ConnectionSettings):
     """How long a cancellation is kept: the stream's x-max-age, and a node's memory of it."""
     cancel_memory: PositiveInt = Field(100_000, alias="ULOS_CANCEL_MEMORY")
     """Cancellations a node keeps at most (the oldest go first)."""
+
+
+def broker_endpoints(hosts: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """`host[:port],...` (an IPv6 address in brackets: `[::1]:5672`) as (host, port) pairs;
+    a host without a port gets `default_port` (MESSAGE_BROKER_PORT)."""
+    found = []
+    for entry in (part.strip() for part in hosts.split(",")):
+        host, port = entry, str(default_port)
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":") or port
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"MESSAGE_BROKER_HOST: {entry!r} is not host or host:port (several brokers of "
+                f"one cluster are separated by commas; got {hosts!r})"
+            )
+        found.append((host, int(port)))
+    return tuple(found)
 
 
 def usable_cores() -> int:

@@ -43,10 +43,22 @@ class QueueSpec(StrictFile):
     """The broker's delivery acknowledgement timeout for this queue (`x-consumer-timeout`):
     honoured by RabbitMQ 3.12 to 4.2 on every queue type, from 4.3 on quorum queues only
     (classic queues then have no timeout); older brokers ignore it."""
+    delivery_limit: Annotated[int, Field(ge=0)] | None = None
+    """Quorum queues only: the broker dead-letters (or drops) a message once it has been
+    handed out this many times more (`x-delivery-limit`), whoever returned it: a node's
+    reject with requeue, a node that died or lost its connection mid-task. See the README
+    on when to prefer it to the node's counted requeues (ULOS_MAX_DELIVERIES)."""
     bind: tuple[BindingSpec, ...] = ()
 
     @model_validator(mode="after")
-    def _stream_options(self) -> Self:
+    def _fits_its_type(self) -> Self:
+        if self.type == "quorum" and self.max_priority is not None:
+            raise ValueError(
+                "max_priority: quorum queues have no priorities (before RabbitMQ 4.0); "
+                "leave it out or make the queue classic"
+            )
+        if self.type != "quorum" and self.delivery_limit is not None:
+            raise ValueError("delivery_limit: only a quorum queue counts deliveries")
         if self.type == "stream":
             refused = [
                 name
@@ -78,6 +90,8 @@ class QueueSpec(StrictFile):
             args["x-dead-letter-routing-key"] = self.dead_letter_routing_key
         if self.consumer_timeout_ms is not None:
             args["x-consumer-timeout"] = self.consumer_timeout_ms
+        if self.delivery_limit is not None:
+            args["x-delivery-limit"] = self.delivery_limit
         return args
 
 

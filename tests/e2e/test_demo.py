@@ -48,6 +48,16 @@ def test_demo_runs_every_sample_to_its_expected_end() -> None:
     pids = started_pids(done.stdout)
     assert len(pids) == 11
     assert not [pid for pid in pids if alive(pid)]
+    assert_vhost_removed(done.stdout)
+
+
+def assert_vhost_removed(output: str) -> None:
+    """The demo ran in a virtual host of its own, and nothing of it is left on the broker."""
+    [vhost] = re.findall(r"virtual host (ulos-demo-\d+) \(removed at the end\)", output)
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert vhost not in listed.stdout.split()
 
 
 def test_ctrl_c_stops_every_process_it_started() -> None:
@@ -72,3 +82,4 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
     assert len(pids) == 11
     assert not [pid for pid in pids if alive(pid)]
     assert "Traceback" not in seen
+    assert_vhost_removed(seen)

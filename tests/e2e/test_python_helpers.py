@@ -310,6 +310,20 @@ def test_unreachable_service_is_one_line(
     assert "Traceback" not in result.stderr
 
 
+async def test_a_broker_list_is_tried_in_turn(
+    names: Names, line: Pipeline, env: dict[str, str], broker: Broker
+) -> None:
+    """MESSAGE_BROKER_HOST lists a dead broker first: the task goes through the next one."""
+    cluster = {**env, "MESSAGE_BROKER_HOST": f"127.0.0.1:1,{broker.host}:{broker.port}"}
+    task = ["--task-id", "t-listed", "--file-path", "/x/t-listed.zip"]
+    stage = ["--exchange", names.exchange, "--stage", "skip"]
+
+    published = await asyncio.to_thread(run_helper, "publish_task.py", *task, *stage, env=cluster)
+
+    assert published.returncode == 0, published.stderr
+    assert await line.depth() == 1
+
+
 def test_missing_results_file_is_one_line(names: Names, env: dict[str, str]) -> None:
     result = run_helper("download_results.py", f"/{names.prefix}/none.zip", env=env)
     assert result.returncode == 1

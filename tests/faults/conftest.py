@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,11 +71,12 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
 
 @pytest.fixture
 async def make_line(names: Names) -> AsyncIterator[MakeLine]:
-    """`await make_line(broker, stages=(...))`: a declared pipeline, deleted at the end."""
+    """`await make_line(broker, stages=(...), quorum=..., fallbacks=...)`: a declared
+    pipeline, deleted at the end."""
     made: list[FaultLine] = []
 
-    async def make(broker: Broker, stages: tuple[str, ...] = ("s1",)) -> FaultLine:
-        line = FaultLine(names, broker, stages)
+    async def make(broker: Broker, stages: tuple[str, ...] = ("s1",), **options: Any) -> FaultLine:
+        line = FaultLine(names, broker, stages, **options)
         await line.declare()
         made.append(line)
         return line

@@ -403,6 +403,7 @@ async def test_health_follows_the_broker_connection(
                 "inFlight": 0,
                 "nodeId": f"{names.prefix}-node",
                 "queue": line.input_queue,
+                "broker": f"{broker.host}:{settings.broker_port}",
             }
 
             relay.held = True  # the node's attempts to reconnect fail until let through

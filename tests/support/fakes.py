@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ulos_py.errors import PublishError, SettleFailed, StorageRefused, StorageUnavailable
+from ulos_py.errors import (
+    ConnectionLost,
+    PublishError,
+    SettleFailed,
+    StorageRefused,
+    StorageUnavailable,
+)
 from ulos_py.execution.containers import ContainerExit, ContainerSpec
 from ulos_py.models import Outcome, RoutingNode
 from ulos_py.ports import Envelope, ExecutionResult, TimeoutPolicy
@@ -56,6 +62,8 @@ class FakeDelivery:
         self.grants_lease = lease
         """What `lease` does: True takes the lease, False is refused, None loses the delivery."""
         self.leased: float | None = None
+        self.lost = False
+        """Set by a test to say the delivery went with the broker connection."""
 
     @property
     def settled(self) -> bool:
@@ -108,8 +116,11 @@ class FakePublisher:
         *,
         confirm_delay: float = 0.0,
         journal: list[str] | None = None,
+        connection_lost: bool = False,
     ) -> None:
         self.failing: set[Route] = set(failing or ())
+        self.connection_lost = connection_lost
+        """A publish on a failing route fails as the broker connection going does."""
         self.confirm_delay = confirm_delay
         self.published: defaultdict[Route, list[Envelope]] = defaultdict(list)
         self.refused: list[Envelope] = []
@@ -120,6 +131,8 @@ class FakePublisher:
         route = (envelope.exchange, envelope.routing_key)
         if route in self.failing:
             self.refused.append(envelope)
+            if self.connection_lost:
+                raise ConnectionLost("broker connection lost") from ConnectionResetError()
             raise PublishError(f"exchange {envelope.exchange!r} refused the publish")
         self.published[route].append(envelope)
         self._journal.append(f"publish {envelope.exchange}/{envelope.routing_key}")

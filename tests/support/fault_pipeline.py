@@ -60,6 +60,10 @@ class FaultLine:
     broker: Broker
     stages: tuple[str, ...] = ("s1",)
     started: float = field(default_factory=time.monotonic)
+    quorum: bool = False
+    """Every queue a quorum queue: replicated in a cluster, and counting redeliveries."""
+    fallbacks: tuple[Broker, ...] = ()
+    """Other members of the broker's cluster, tried in turn when one does not answer."""
 
     @property
     def logs(self) -> str:
@@ -76,12 +80,29 @@ class FaultLine:
     def inputs(self) -> list[str]:
         return [self.stage_queue(s) for s in self.stages]
 
+    def output_queue(self, key: str) -> str:
+        """The queue where tasks ending at `key` (DONE or FAILED) pile up."""
+        return self.names.queue(key)
+
     @property
     def outputs(self) -> list[str]:
-        return [self.names.queue(key) for key in OUTPUTS]
+        return [self.output_queue(key) for key in OUTPUTS]
+
+    @property
+    def exchange(self) -> str:
+        """Where tasks go between stages."""
+        return self.names.exchange
 
     async def connect(self) -> AbstractConnection:
-        return await aio_pika.connect(self.broker.url, timeout=10)
+        members = (self.broker, *self.fallbacks)
+        for member in members[:-1]:
+            with suppress(*BROKER_TROUBLE):
+                return await aio_pika.connect(member.url, timeout=5)
+        return await aio_pika.connect(members[-1].url, timeout=10)
+
+    @property
+    def _queue_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "quorum"} if self.quorum else {}
 
     async def declare(self) -> None:
         connection = await self.connect()
@@ -92,15 +113,21 @@ class FaultLine:
             logs = await channel.declare_exchange(self.names.logs_exchange, durable=True)
             crashes = await channel.declare_exchange(self.names.crash_exchange, durable=True)
             for name in self.stages:
-                queue = await channel.declare_queue(self.stage_queue(name), durable=True)
+                queue = await channel.declare_queue(
+                    self.stage_queue(name), durable=True, arguments=self._queue_arguments
+                )
                 await queue.bind(processing, name)
                 await queue.bind(processing, f"{name}-fail")
             for key in OUTPUTS:
-                queue = await channel.declare_queue(self.names.queue(key), durable=True)
+                queue = await channel.declare_queue(
+                    self.names.queue(key), durable=True, arguments=self._queue_arguments
+                )
                 await queue.bind(processing, key)
             notices = ((self.logs, logs, "logs"), (self.crashes, crashes, "crash"))
             for queue_name, exchange, key in notices:
-                queue = await channel.declare_queue(queue_name, durable=True)
+                queue = await channel.declare_queue(
+                    queue_name, durable=True, arguments=self._queue_arguments
+                )
                 await queue.bind(exchange, key)
         finally:
             await connection.close()
@@ -179,7 +206,7 @@ class FaultLine:
         connection = await self.connect()
         try:
             channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(self.names.exchange)
+            exchange = await channel.get_exchange(self.exchange)
             began = time.monotonic()
             for n, planned in enumerate(tasks):
                 if rate is not None:
@@ -269,7 +296,7 @@ class FaultLine:
         try:
             channel = await connection.channel(publisher_confirms=False)
             for key in OUTPUTS:
-                for message in await drain(channel, self.names.queue(key)):
+                for message in await drain(channel, self.output_queue(key)):
                     body = parse(message.body)
                     ledger.arrivals.append(Arrival(body["taskId"], key, message.message_id))
             for message in await drain(channel, self.crashes):
@@ -374,9 +401,7 @@ class Nodes:
             work_dir,
             MESSAGE_BROKER_CONSUMPTION_QUEUE=line.stage_queue(stage_name),
             ULOS_NODE_ID=node_id,
-            ULOS_PROCESSES=1,
-            ULOS_EXECUTORS_FILE=registry,
-            **settings,
+            **{"ULOS_PROCESSES": 1, "ULOS_EXECUTORS_FILE": registry, **settings},
         )
         log_file = self.folder / f"{node_id}.log"
         with log_file.open("wb") as log:

@@ -8,7 +8,10 @@ A task's fate, most final first:
 - **lost**: none of these. Every case asserts there is none.
 
 Duplicates (at-least-once delivery) are allowed only as copies carrying the same
-deterministic `message_id`. `REPORT` collects one line per case for the terminal summary
+deterministic `message_id`. A crash notice of a task that then arrived is never allowed
+(unless it said the task was requeued): an interrupted task is not a crash.
+
+`REPORT` collects one line per case for the terminal summary
 (tests/faults/conftest.py) and `.run/faults.txt`.
 """
 
@@ -121,6 +124,19 @@ class Ledger:
         arrived = self.arrived()
         return sum(len(n) for task_id, n in self.crashes.items() if task_id in arrived)
 
+    def false_crashes(self) -> list[dict[str, Any]]:
+        """Crash notices that told of an end the task never had: it arrived after all, and
+        the notice did not say it went back for another attempt (`error.requeued`). An
+        interrupted task (its delivery lost with the broker connection) is one (SPEC §3)."""
+        arrived = self.arrived()
+        return [
+            notice
+            for task_id, notices in self.crashes.items()
+            if task_id in arrived
+            for notice in notices
+            if not notice.get("error", {}).get("requeued")
+        ]
+
     def line(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.crash_kinds().items()))
         text = (
@@ -147,6 +163,8 @@ class Ledger:
         assert not misrouted, f"copies at unexpected keys: {misrouted[:10]}"
         conflicting = self.conflicting_ids()
         assert not conflicting, f"copies of a task with different message ids: {conflicting}"
+        false = [(n.get("taskId"), n.get("error")) for n in self.false_crashes()]
+        assert not false, f"{len(false)} crash notices of tasks that then arrived: {false[:5]}"
 
 
 def redelivery(received: dict[str, Any]) -> bool:

@@ -550,6 +550,63 @@ async def test_failed_forward_is_a_forward_crash_and_never_acked(
     assert node.events() == [*HAPPY_EVENTS, "crashed", "rejected"]
 
 
+# --- broker connection lost while the task is in flight ---------------------------------
+
+
+async def _run_losing_the_connection(
+    tmp_path: Path, lost_after: float | None
+) -> tuple[Node, FakeDelivery, list[dict[str, Any]]]:
+    """The forward fails on a lost connection; the delivery's own channel is seen closed
+    `lost_after` seconds later (None: never, the channel is alive)."""
+    node = make_node(tmp_path, failing={SUCCESS_ROUTE})
+    node.publisher.connection_lost = True
+    delivery = FakeDelivery(encode(task("pass")), journal=node.journal)
+    if lost_after is not None:
+        asyncio.get_running_loop().call_later(lost_after, setattr, delivery, "lost", True)
+    with capture_logs() as logged:
+        await process(delivery, node.deps)
+    await node.cleaner.drain()
+    return node, delivery, logged
+
+
+@pytest.mark.parametrize("lost_after", [0.0, 0.3])
+async def test_a_task_interrupted_by_a_lost_connection_is_not_a_crash(
+    tmp_path: Path, lost_after: float
+) -> None:
+    node, delivery, logged = await _run_losing_the_connection(tmp_path, lost_after)
+
+    assert node.crashes() == []
+    assert "crashed" not in node.events()
+    assert delivery.settle_attempts == 0  # nothing to settle on a dead channel
+    [interrupted] = [e for e in logged if e["event"] == "task_interrupted"]
+    assert interrupted["task_id"] == TASK_ID
+    assert "connection lost" in interrupted["reason"]
+    await node.assert_work_dir_empty()
+
+
+async def test_a_lost_publishing_channel_with_a_live_delivery_is_still_a_crash(
+    tmp_path: Path,
+) -> None:
+    node, delivery, _ = await _run_losing_the_connection(tmp_path, lost_after=None)
+
+    await assert_rejected(node, delivery)
+    assert_crash(node, "forward")
+
+
+async def test_a_crash_of_a_delivery_already_lost_is_not_reported(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    delivery = FakeDelivery(encode(task("crash")), journal=node.journal)
+    delivery.lost = True
+
+    with capture_logs() as logged:
+        await process(delivery, node.deps)
+
+    assert node.crashes() == []
+    assert delivery.settle_attempts == 0
+    assert [e for e in logged if e["event"] == "task_interrupted"]
+    await node.assert_work_dir_empty()
+
+
 # --- malformed message -------------------------------------------------------------------
 
 

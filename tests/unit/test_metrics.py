@@ -317,6 +317,7 @@ def test_health_is_200_only_while_connected_and_consuming(
         "inFlight": 3,
         "nodeId": "node-7",
         "queue": "queue-a",
+        "broker": "",
     }
 
     metrics.set_connected(True)

@@ -40,6 +40,8 @@ CHUNK = 1 << 16
 FILE_BLOCK = 1 << 20
 """Disk I/O unit for large files: big enough that a thread hop per block is cheap."""
 TIMEOUT = 30.0
+DISCARD_TIMEOUT = 5.0
+"""Seconds a failed upload waits to remove its temporary file: the task's crash waits."""
 CLOSE_TIMEOUT = 5.0
 LOGIN_CHECK_TIMEOUT = 10.0
 """Seconds a node waits at start for the FTP server's answer before it goes on without."""
@@ -272,7 +274,21 @@ class FtpStorage:
                         await stream.write(block)
             await client.rename(partial, remote_path)
 
-        await self._attempt(f"upload {remote_path}", store)
+        try:
+            await self._attempt(f"upload {remote_path}", store)
+        except BaseException:
+            await asyncio.shield(self._discard(partial))
+            raise
+
+    async def _discard(self, partial: str) -> None:
+        """Remove what a failed upload left under its temporary name, on a connection of its
+        own (the upload's may be what failed); said in the log if the server will not."""
+        try:
+            async with asyncio.timeout(DISCARD_TIMEOUT), self._client() as client:
+                if await client.exists(partial):
+                    await client.remove_file(partial)
+        except (aioftp.StatusCodeError, OSError, TimeoutError, EOFError) as exc:
+            log.warning("partial_upload_left", path=partial, reason=str(exc) or repr(exc))
 
     async def make_parents(self, remote_path: str) -> None:
         """Create the directories above `remote_path` (operator uploads to new places)."""

@@ -34,8 +34,10 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from yarl import URL
 
-from ulos_py.errors import BrokerUnavailable, ConfigError, PublishError
+from ulos_py.adapters.rabbitmq_cluster import RotatingConnection
+from ulos_py.errors import BrokerUnavailable, ConfigError, ConnectionLost, PublishError
 from ulos_py.ports import Envelope
 from ulos_py.settings import ConnectionSettings, TlsOptions, tls_refusal
 
@@ -61,16 +63,41 @@ class BrokerAddress:
     connection_name: str
     tls: TlsOptions | None = None
     """AMQPS when set."""
+    peers: tuple[tuple[str, int], ...] = ()
+    """More brokers of the same cluster, tried in turn after (host, port)."""
+    vhost: str = "/"
 
     @classmethod
     def of(cls, settings: ConnectionSettings, connection_name: str) -> BrokerAddress:
+        (host, port), *peers = settings.broker_endpoints
         return cls(
-            settings.broker_host,
-            settings.broker_port,
+            host,
+            port,
             settings.broker_username,
             settings.broker_password.get_secret_value(),
             connection_name,
             settings.broker_tls_options,
+            tuple(peers),
+            settings.broker_vhost,
+        )
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        return ((self.host, self.port), *self.peers)
+
+    def describe(self) -> str:
+        """For messages: `the broker at h:p`, or every broker of the list."""
+        listed = ", ".join(f"{host}:{port}" for host, port in self.endpoints)
+        return f"the broker at {listed}" if not self.peers else f"any of the brokers at {listed}"
+
+    def urls(self, first: int = 0) -> tuple[URL, ...]:
+        """The brokers' URLs (no password in them), starting with the `first`-th."""
+        order = self.endpoints[first:] + self.endpoints[:first]
+        scheme = "amqps" if self.tls is not None else "amqp"
+        path = "/" if self.vhost == "/" else f"/{self.vhost}"  # aiormq: the path's rest
+        return tuple(
+            URL.build(scheme=scheme, host=host, port=port, user=self.username, path=path)
+            for host, port in order
         )
 
 
@@ -90,20 +117,37 @@ logging.getLogger("aiormq.connection").addFilter(_ReportedByCaller())
 
 
 async def connect(address: BrokerAddress) -> AbstractRobustConnection:
-    """A connection that reconnects by itself; a wrong password or a TLS failure is a
-    ConfigError, an unreachable broker BrokerUnavailable."""
-    where = f"{address.host}:{address.port}"
+    """A connection that reconnects by itself, to the next broker of the list each time; a
+    wrong password or a TLS failure is a ConfigError, no broker answering BrokerUnavailable.
+
+    The first connection tries the brokers in their order; the first to answer wins."""
+    failures = []
+    for first, (host, port) in enumerate(address.endpoints):
+        try:
+            return await _connect_from(address, first)
+        except BrokerUnavailable as exc:
+            failures.append(str(exc))
+            log.debug("broker_not_answering", host=host, port=port, reason=str(exc))
+    if len(failures) == 1:
+        raise BrokerUnavailable(failures[0])
+    raise BrokerUnavailable(f"no broker answers: {'; '.join(failures)}")
+
+
+async def _connect_from(address: BrokerAddress, first: int) -> AbstractRobustConnection:
+    host, port = address.endpoints[first]
+    where = f"{host}:{port}"
+    urls = tuple(url.with_password(address.password) for url in address.urls(first))
+    # connect_robust would put extra arguments into the URL's query: built here instead.
+    connection = RotatingConnection(
+        urls[0],
+        endpoints=urls,
+        ssl_context=address.tls.context() if address.tls is not None else None,
+        client_properties={"connection_name": address.connection_name},
+        reconnect_interval=2,
+    )
     try:
-        return await aio_pika.connect_robust(
-            host=address.host,
-            port=address.port,
-            login=address.username,
-            password=address.password,
-            ssl=address.tls is not None,
-            ssl_context=address.tls.context() if address.tls is not None else None,
-            client_properties={"connection_name": address.connection_name},
-            reconnect_interval=2,
-        )
+        await connection.connect()
+        return connection
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise ConfigError(
             f"the broker refused user {address.username!r}: check MESSAGE_BROKER_USERNAME "
@@ -116,6 +160,12 @@ async def connect(address: BrokerAddress) -> AbstractRobustConnection:
         raise BrokerUnavailable(
             f"cannot reach the broker at {where}: {reason}{_reset_hint(exc, address.tls)}"
         ) from exc
+
+
+def current_broker(connection: AbstractRobustConnection) -> str:
+    """`host:port` of the broker a connection is on (for health, metrics and logs)."""
+    url = getattr(connection, "url", None)
+    return f"{url.host}:{url.port}" if isinstance(url, URL) else "?"
 
 
 def _reset_hint(exc: BaseException, tls: TlsOptions | None) -> str:
@@ -140,11 +190,7 @@ async def connect_when_up(
         except BrokerUnavailable as exc:
             reason = str(exc)
             log.warning(
-                "broker_unreachable",
-                host=address.host,
-                port=address.port,
-                reason=reason,
-                retry_in=delay,
+                "broker_unreachable", brokers=address.describe(), reason=reason, retry_in=delay
             )
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
@@ -262,5 +308,7 @@ class RabbitPublisher:
             raise PublishError(f"{where}: the exchange does not exist") from exc
         except TimeoutError as exc:
             raise PublishError(f"{where}: no confirm within {PUBLISH_TIMEOUT:g} s") from exc
-        except (*BROKER_LOST, aiormq.exceptions.AMQPError) as exc:
+        except BROKER_LOST as exc:
+            raise ConnectionLost(f"{where}: broker connection lost ({exc!r})") from exc
+        except aiormq.exceptions.AMQPError as exc:
             raise PublishError(f"{where}: broker connection lost ({exc!r})") from exc

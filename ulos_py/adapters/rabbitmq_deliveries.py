@@ -90,6 +90,19 @@ class RabbitDelivery:
     def priority(self) -> int | None:
         return self._message.priority
 
+    @property
+    def lost(self) -> bool:
+        """The channel it came on is closed: after a reconnect aio-pika consumes on a new
+        one, and the broker has put this delivery back in the queue. A leased task is held
+        by its lease queue instead, which outlives connections."""
+        if self._lease_queue is not None:
+            return False
+        try:
+            channel = self._message.channel
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return True
+        return channel.is_closed or channel.connection.is_closed
+
     async def ack(self) -> None:
         if self._lease_queue is not None:
             await self._release_lease()
