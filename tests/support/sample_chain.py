@@ -14,8 +14,10 @@ import aio_pika
 
 from tests.support.cli import ROOT, settings_env
 from tests.support.services import Broker, FtpServer
+from ulos_py.topology import load_topology
 
 CONFIGS = ROOT / "testing-configurations"
+SAMPLE_TOPOLOGY = CONFIGS / "topology.toml"
 
 
 def broker_env(broker: Broker) -> dict[str, str]:
@@ -30,21 +32,44 @@ def broker_env(broker: Broker) -> dict[str, str]:
 async def apply_sample_topology(
     broker: Broker, amqp: aio_pika.abc.AbstractRobustConnection, stage_queues: list[str]
 ) -> aio_pika.abc.AbstractChannel:
-    """`ulos-py topology apply` of the sample file; the stage queues start empty."""
-    applied = await asyncio.to_thread(
+    """`ulos-py topology apply` of the sample file; the stage queues start empty.
+
+    A broker kept from an older sample (classic queues where the sample now has quorum ones)
+    refuses the file, as it should: its sample queues are deleted and the file applied again.
+    """
+    applied = await _apply_sample(broker)
+    if applied.returncode != 0:
+        await _delete_sample_queues(amqp)
+        applied = await _apply_sample(broker)
+    assert applied.returncode == 0, applied.stderr
+    channel = await amqp.channel()
+    for name in stage_queues:
+        await (await channel.get_queue(name)).purge()
+    return channel
+
+
+async def _apply_sample(broker: Broker) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "ulos_py", "topology", "apply", str(CONFIGS / "topology.toml")],
+        [sys.executable, "-m", "ulos_py", "topology", "apply", str(SAMPLE_TOPOLOGY)],
         cwd=ROOT,
         env=settings_env(broker_env(broker)),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert applied.returncode == 0, applied.stderr
-    channel = await amqp.channel()
-    for name in stage_queues:
-        await (await channel.get_queue(name)).purge()
-    return channel
+
+
+async def _delete_sample_queues(amqp: aio_pika.abc.AbstractRobustConnection) -> None:
+    for queue in load_topology(SAMPLE_TOPOLOGY).queue:
+        channel = await amqp.channel()  # a refused delete closes its channel
+        try:
+            await channel.queue_delete(queue.name)
+        except aio_pika.exceptions.AMQPError:
+            pass
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
 
 def sample_node_env(broker: Broker, ftp: FtpServer, tmp_path: Path) -> dict[str, str]:
