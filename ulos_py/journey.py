@@ -55,6 +55,8 @@ class State(StrEnum):
     """Completed: the last stage failed and no stage follows."""
     CRASHED = "crashed"
     """A crash that did not send the task back to its queue."""
+    CANCELLED = "cancelled"
+    """An operator cancelled it (SPEC §8): a crash of kind `cancelled`, never requeued."""
     STUCK = "stuck"
     """Waiting or running for longer than it should."""
     DELIVERED = "delivered"
@@ -100,6 +102,23 @@ class Completed:
     """No branch follows the outcome: the journey ended at this stage."""
 
 
+CANCELLED_KIND = "cancelled"
+"""The crash kind of a cancelled task (SPEC §4, §8)."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """Who cancelled a task, why and when, as its crash notice says (`error.cancelledBy`,
+    `error.reason`, `error.cancelledAt`); a field the notice lacks is None."""
+
+    by: str | None = None
+    reason: str | None = None
+    at: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"cancelledBy": self.by, "reason": self.reason, "cancelledAt": self.at}
+
+
 @dataclass(frozen=True)
 class Crashed:
     """The stage ended without an outcome; `kind` is SPEC §4 `error.kind`."""
@@ -108,6 +127,15 @@ class Crashed:
     detail: str
     requeued: bool = False
     """The crash notice says the task went back to its queue for another attempt."""
+    cancelled: Cancelled | None = None
+    """Who cancelled it and why, for a crash of kind `cancelled`."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """`{kind, detail}`, plus `cancelledBy`, `reason` and `cancelledAt` when cancelled."""
+        found: dict[str, Any] = {"kind": self.kind, "detail": self.detail}
+        if self.cancelled is not None:
+            found.update(self.cancelled.as_dict())
+        return found
 
 
 End = Forwarded | Completed | Crashed
@@ -152,10 +180,15 @@ class Notice:
         error = self.body.get("error")
         error = error if isinstance(error, dict) else {}
         kind, detail = error.get("kind"), error.get("detail")
+        cancelled = None
+        if kind == CANCELLED_KIND:
+            by, reason, at = (error.get(k) for k in ("cancelledBy", "reason", "cancelledAt"))
+            cancelled = Cancelled(*(v if isinstance(v, str) else None for v in (by, reason, at)))
         return Crashed(
             kind if isinstance(kind, str) else "?",
             detail if isinstance(detail, str) else str(self.body.get("logMessage", "")),
             error.get("requeued") is True,
+            cancelled,
         )
 
     @property
@@ -242,7 +275,7 @@ class StageVisit:
             "steps": {event: _rfc3339(when) for event, when in self.steps},
             "durations": self.durations(),
             "outcome": self.outcome,
-            "crash": {"kind": crash.kind, "detail": crash.detail} if crash else None,
+            "crash": crash.as_dict() if crash else None,
             "forwardedTo": forwarded.as_dict() if forwarded else None,
             "settled": self.settled,
             "requeued": self.requeued,
@@ -283,6 +316,12 @@ class Journey:
         last = self.last
         return last.end if last is not None else None
 
+    @property
+    def cancelled(self) -> Cancelled | None:
+        """Who cancelled the task and why, once its latest visit ended cancelled."""
+        end = self.end
+        return end.cancelled if isinstance(end, Crashed) else None
+
     def state(self) -> State:
         """Where the task stands, without the clock (see `state_at` for `stuck`)."""
         last = self.last
@@ -293,6 +332,8 @@ class Journey:
             return State.DELIVERED if end.final else State.WAITING
         if isinstance(end, Completed) or (end is None and last.settled == Event.ACKED):
             return State.PASSED if last.outcome == "pass" else State.FAILED
+        if isinstance(end, Crashed) and end.cancelled is not None:
+            return State.CANCELLED  # acked by the node whatever it says of requeues
         if isinstance(end, Crashed) or last.settled == Event.REJECTED:
             return State.WAITING if last.requeued else State.CRASHED
         return State.RUNNING
@@ -433,7 +474,19 @@ def journey_dict(view: Journey, state: State) -> dict[str, Any]:
         "stage": stage.as_dict() if stage else None,
         "firstSeen": _rfc3339(view.first_seen) if view.first_seen else None,
         "updatedAt": _rfc3339(view.updated_at) if view.updated_at else None,
+        **cancel_fields(view.cancelled),
         "visits": [visit.as_dict() for visit in view.visits],
+    }
+
+
+def cancel_fields(cancelled: Cancelled | None) -> dict[str, str | None]:
+    """A task's `cancelledBy`, `cancelReason` and `cancelledAt` (None unless cancelled)."""
+    if cancelled is None:
+        return {"cancelledBy": None, "cancelReason": None, "cancelledAt": None}
+    return {
+        "cancelledBy": cancelled.by,
+        "cancelReason": cancelled.reason,
+        "cancelledAt": cancelled.at,
     }
 
 

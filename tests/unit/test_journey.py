@@ -8,13 +8,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import click
 import pytest
 
 from ulos_py.adapters.rabbitmq_tooling import Observed
+from ulos_py.cancellation import Cancellation
 from ulos_py.cli.watch import Screen
 from ulos_py.errors import ExecutionCrashed, MalformedTask
 from ulos_py.journey import (
     Board,
+    Cancelled,
     Completed,
     Crashed,
     Forwarded,
@@ -458,3 +461,29 @@ def test_the_summary_has_a_row_per_task(capsys: pytest.CaptureFixture[str]) -> N
         "going": "testing-1 ✓ now testing-2 (received)",
         "broke": "- crashed at crash: execution: boom",
     }
+
+
+def test_a_node_s_cancel_crash_notice_folds_to_cancelled_with_who_and_why() -> None:
+    """The notice format the node writes (notices.crash_notice) is the one the fold reads."""
+    ctx = NoticeContext("node-1", {"taskId": "t1", "filePath": "/a.zip"}, None)
+    made = Cancellation.now("t1", "ta@lab", "withdrawn")
+    view = view_of(log_notice(ctx, Event.RECEIVED, "received"), crash_notice(ctx, made.crash()))
+    assert view.state() == State.CANCELLED
+    assert view.cancelled == Cancelled("ta@lab", "withdrawn", made.at)
+
+
+def test_a_cancelled_task_s_line_says_cancelled_and_by_whom(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    screen = Screen(json_lines=False, task_ids=frozenset())
+    error = {"kind": "cancelled", "detail": "cancelled by ta: late", "cancelledBy": "ta"}
+    for body in [
+        notice("t1", "received", "grade"),
+        notice("t1", "crashed", "grade", error=error),
+        notice("t1", "acked", "grade"),
+    ]:
+        screen.show(observed(body))
+    screen.finish()
+    out = click.unstyle(capsys.readouterr().out)
+    assert "cancelled at grade: cancelled by ta: late" in out
+    assert "1 task seen: 1 cancelled" in out

@@ -126,3 +126,68 @@ def test_any_order_and_any_repeats_give_the_same_journey(rnd: random.Random, dup
 def test_notices_of_other_tasks_are_left_out() -> None:
     mine, theirs = Node("t1").stage(("a",)), Node("t2").stage(("a",), outcome="fail")
     assert journey("t1", [*theirs, *mine]) == journey("t1", mine)
+
+
+def _cancelled_at_b() -> list[Notice]:
+    """Passed stage a; cancelled while stage b ran, as the node reports it (crash, ack)."""
+    node = Node()
+    routing = tree("b", "c")
+    error = {
+        "kind": "cancelled",
+        "detail": "cancelled by ta@lab: assignment withdrawn",
+        "cancelledBy": "ta@lab",
+        "reason": "assignment withdrawn",
+        "cancelledAt": "2025-03-01T12:00:00.005Z",
+    }
+    return [
+        *node.stage(("a", "b", "c")),
+        node.say("received", "b", routing),
+        node.say("execution_started", "b", routing),
+        node.say("crashed", "b", routing, error=error),
+        node.say("acked", "b", routing),
+    ]
+
+
+def test_a_cancelled_crash_is_cancelled_and_says_who_and_why() -> None:
+    view = journey("t1", _cancelled_at_b())
+    assert view.state() == State.CANCELLED
+    assert view.stage is not None and view.stage.routing_key == "b"
+    assert view.cancelled is not None
+    assert (view.cancelled.by, view.cancelled.reason) == ("ta@lab", "assignment withdrawn")
+    assert view.stuck_at(timedelta(seconds=1)) is None  # ended: it never becomes stuck
+    shown = journey_dict(view, view.state())
+    assert shown["state"] == "cancelled"
+    assert (shown["cancelledBy"], shown["cancelReason"], shown["cancelledAt"]) == (
+        "ta@lab",
+        "assignment withdrawn",
+        "2025-03-01T12:00:00.005Z",
+    )
+    assert shown["visits"][-1]["crash"] == {
+        "kind": "cancelled",
+        "detail": "cancelled by ta@lab: assignment withdrawn",
+        "cancelledBy": "ta@lab",
+        "reason": "assignment withdrawn",
+        "cancelledAt": "2025-03-01T12:00:00.005Z",
+    }
+    assert shown["visits"][0]["crash"] is None
+
+
+def test_a_cancelled_task_is_cancelled_in_any_order_and_others_name_no_canceller() -> None:
+    notices = _cancelled_at_b()
+    assert journey("t1", list(reversed(notices))) == journey("t1", notices)
+    other = journey("t1", Node().stage(("a",)))
+    assert journey_dict(other, other.state())["cancelledBy"] is None
+    crashed = journey(
+        "t1",
+        [Node().say("received", "a"), Node().say("crashed", "a", error={"kind": "execution"})],
+    )
+    assert crashed.state() == State.CRASHED and crashed.cancelled is None
+
+
+def test_a_cancel_crash_with_odd_fields_is_still_cancelled_without_the_odd_values() -> None:
+    node = Node()
+    error = {"kind": "cancelled", "detail": "x", "cancelledBy": 7, "reason": None}
+    view = journey("t1", [node.say("received", "a"), node.say("crashed", "a", error=error)])
+    assert view.state() == State.CANCELLED
+    shown = journey_dict(view, view.state())
+    assert (shown["cancelledBy"], shown["cancelReason"]) == (None, None)

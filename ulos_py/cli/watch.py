@@ -266,6 +266,8 @@ def _state(view: Journey) -> str:
         return f"forwarded to {_label(end.target)}"
     if isinstance(end, Completed):
         return "completed"
+    if isinstance(end, Crashed) and end.cancelled is not None:
+        return f"cancelled at {where}: " + click.style(end.detail, fg="yellow")
     if isinstance(end, Crashed):
         back = " (back in the queue)" if last.requeued else ""
         reason = click.style(f"{end.kind}: {end.detail}", fg="red")
@@ -294,6 +296,8 @@ def _standing(view: Journey) -> str:
     last = view.last
     if last is None or last.open:
         return "running"
+    if isinstance(last.end, Crashed) and last.end.cancelled is not None:
+        return "cancelled"
     if last.end is not None:
         return {Forwarded: "forwarded", Completed: "completed", Crashed: "crashed"}[type(last.end)]
     return "requeued" if last.requeued else last.settled or "?"

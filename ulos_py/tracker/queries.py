@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 
 from ulos_py.errors import UlosError
-from ulos_py.journey import OPEN_STATES, State
+from ulos_py.journey import CANCELLED_KIND, OPEN_STATES, Cancelled, State, cancel_fields
 from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 from ulos_py.tracker.store import Store
 
@@ -148,7 +148,18 @@ async def task_journey(
         row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
     if row is None:
         return None
-    return {**_summary(row, now), "visits": json.loads(row.visits)}
+    visits = json.loads(row.visits)
+    return {**_summary(row, now), **_cancelled(visits), "visits": visits}
+
+
+def _cancelled(visits: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Who cancelled the task and why, from its last visit's crash (see `journey_dict`)."""
+    crash = (visits[-1].get("crash") if visits else None) or {}
+    if crash.get("kind") != CANCELLED_KIND:
+        return cancel_fields(None)
+    return cancel_fields(
+        Cancelled(crash.get("cancelledBy"), crash.get("reason"), crash.get("cancelledAt"))
+    )
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:

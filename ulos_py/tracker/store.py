@@ -29,7 +29,10 @@ from ulos_py.journey import Journey, Notice, State, journey
 from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 
 DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
-FINAL_STATES = frozenset({State.PASSED, State.FAILED, State.CRASHED, State.DELIVERED})
+FINAL_STATES = frozenset(
+    {State.PASSED, State.FAILED, State.CRASHED, State.CANCELLED, State.DELIVERED}
+)
+"""States a task leaves no more (but for a delivered one taken later): the retention's."""
 
 
 class Message(Protocol):
