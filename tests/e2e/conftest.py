@@ -5,14 +5,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import aio_pika
 import pytest
 
 from tests.support.cli import (
     ROOT,
     StartCli,
 )
+from tests.support.services import Names
 
 
 @pytest.fixture
@@ -45,3 +47,19 @@ def start_cli() -> Iterator[StartCli]:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture
+async def tracker_queue(
+    names: Names, amqp: aio_pika.abc.AbstractRobustConnection
+) -> AsyncIterator[str]:
+    """The tracker's durable queue (bind it to the test's logs and crash exchanges); deleted
+    after."""
+    channel = await amqp.channel()
+    name = names.queue("tracker")
+    queue = await channel.declare_queue(name, durable=True)
+    try:
+        yield name
+    finally:
+        await queue.delete(if_unused=False, if_empty=False)
+        await channel.close()

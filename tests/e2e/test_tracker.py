@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,48 +14,12 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.support.cli import ROOT, StartCli
+from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
 from tests.support.services import Broker, FtpServer, Names
-from tests.support.tracker import free_port, tracker_env, until
+from tests.support.tracker import free_port, journey_in, status_cli, tracker_env, until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def journey_in(
-    client: httpx.AsyncClient, task_id: str, *states: str, at: str | None = None
-) -> Any:
-    """The task's journey once it is in one of `states` (at stage `at`, when given)."""
-    answer = await client.get(f"/api/tasks/{task_id}")
-    if answer.status_code != 200 or answer.json()["state"] not in states:
-        return None
-    if at is not None and (answer.json()["stage"] or {}).get("routingKey") != at:
-        return None
-    return answer.json()
-
-
-async def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`ulos-py status ARGS...`, the real console command."""
-    command = [sys.executable, "-m", "ulos_py", "status", *args]
-    return await asyncio.to_thread(
-        subprocess.run, command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
-    )
-
-
-@pytest.fixture
-async def tracker_queue(
-    names: Names, amqp: aio_pika.abc.AbstractRobustConnection
-) -> AsyncIterator[str]:
-    """The tracker's durable queue, bound like the sample topology's; deleted after."""
-    channel = await amqp.channel()
-    name = names.queue("tracker")
-    queue = await channel.declare_queue(name, durable=True)
-    try:
-        yield name
-    finally:
-        await queue.delete(if_unused=False, if_empty=False)
-        await channel.close()
-    _ = queue
 
 
 async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
@@ -95,6 +57,9 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             await until(healthy, "the tracker answers /healthz")
             off = await client.post("/api/tasks", json=task("x", "/a.zip", None))
             assert off.status_code == 403  # no ULOS_TRACKER_TOKEN: submitting is off
+            no_cancel = await client.post("/api/tasks/x/cancel", json={"reason": "r"})
+            assert no_cancel.status_code == 403  # ... and so is cancelling
+            assert "cancelling is off" in no_cancel.json()["detail"]
             assert (await client.get("/docs")).status_code == 200
             described = (await client.get("/openapi.json")).json()["paths"]
             assert {"/api/tasks", "/api/events", "/healthz"} <= set(described)

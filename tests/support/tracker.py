@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.cli import ROOT, StartCli, settings_env
@@ -58,6 +59,26 @@ async def until(
             return last
         await asyncio.sleep(every)
     pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+async def journey_in(
+    client: httpx.AsyncClient, task_id: str, *states: str, at: str | None = None
+) -> Any:
+    """The task's journey once it is in one of `states` (at stage `at`, when given)."""
+    answer = await client.get(f"/api/tasks/{task_id}")
+    if answer.status_code != 200 or answer.json()["state"] not in states:
+        return None
+    if at is not None and (answer.json()["stage"] or {}).get("routingKey") != at:
+        return None
+    return answer.json()
+
+
+async def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ulos-py status ARGS...`, the real console command."""
+    command = [sys.executable, "-m", "ulos_py", "status", *args]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
+    )
 
 
 def bulk_notices() -> list[bytes]:

@@ -80,6 +80,12 @@ def render(task: dict[str, Any]) -> list[str]:
         f"state   {_safe(task['state'])} at {_safe(stage.get('routingKey', '-'))}"
         f"   (updated {_safe(task.get('updatedAt'))})",
     ]
+    if task.get("state") == "cancelled":
+        why = task.get("cancelReason") or "(no reason given)"
+        lines.append(
+            f"cancel  by {_safe(task.get('cancelledBy'))} at {_safe(task.get('cancelledAt'))}: "
+            f"{_safe(why)}"
+        )
     for visit in task.get("visits", []):
         lines.append("")
         lines.extend(_visit(visit))

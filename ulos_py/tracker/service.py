@@ -19,8 +19,9 @@ from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.adapters.notice_queue import NoticeQueue
 from ulos_py.errors import ConfigError
-from ulos_py.tracker import submit
+from ulos_py.tracker import cancel, submit
 from ulos_py.tracker.api import Tracker, create_app
+from ulos_py.tracker.cancel import Cancelling
 from ulos_py.tracker.events import Changes
 from ulos_py.tracker.ingest import IngestStatus, ingest
 from ulos_py.tracker.settings import TrackerSettings
@@ -87,17 +88,17 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
     connection = await rabbitmq.connect(address)
     status, changes = IngestStatus(), Changes(settings.stuck_after)
     tracker = Tracker(store, status, changes)
-    app = create_app(tracker, submit.router, *routers)
+    app = create_app(tracker, submit.router, cancel.router, *routers)
     server = _Server(uvicorn.Config(app, log_level="warning"))
     storage = FtpStorage(FtpAddress.of(settings), connections=2, retry=RetryPolicy())
     try:
         queue = await NoticeQueue.open(connection, settings.queue, settings.batch_size * 2)
+        publisher = await rabbitmq.RabbitPublisher.open(connection)
+        token = settings.token.get_secret_value() if settings.token else None
         tracker.extras["submission"] = Submission(
-            await rabbitmq.RabbitPublisher.open(connection),
-            storage,
-            settings.token.get_secret_value() if settings.token else None,
-            output_max_bytes=settings.output_max_bytes,
+            publisher, storage, token, output_max_bytes=settings.output_max_bytes
         )
+        tracker.extras["cancelling"] = Cancelling(publisher, settings.cancel_exchange, token)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         background = [
             asyncio.create_task(

@@ -1,4 +1,5 @@
-"""The tracker's typed settings: a node's connection variables plus ULOS_TRACKER_*."""
+"""The tracker's typed settings: a node's connection variables, where cancellations go
+(ULOS_CANCEL_EXCHANGE, for its cancel endpoint) plus ULOS_TRACKER_*."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 
-from ulos_py.settings import ConnectionSettings, Port
+from ulos_py.settings import CancelSettings, Port
 from ulos_py.tracker.store import DEFAULT_DATABASE
 
 
-class TrackerSettings(ConnectionSettings):
+class TrackerSettings(CancelSettings):
     """Everything `ulos-py tracker` reads at start; a bad value stops it with one line."""
 
     queue: Annotated[str, Field(min_length=1)] = Field(alias="ULOS_TRACKER_QUEUE")
@@ -24,7 +25,7 @@ class TrackerSettings(ConnectionSettings):
     """Seconds a task may wait at a stage (or run past its own timeout) before it is stuck."""
     retention_days: Annotated[float, Field(gt=0)] = Field(90.0, alias="ULOS_TRACKER_RETENTION_DAYS")
     token: SecretStr | None = Field(None, alias="ULOS_TRACKER_TOKEN")
-    """Bearer token of POST /api/tasks; submitting is off without it."""
+    """Bearer token of POST /api/tasks and POST /api/tasks/{id}/cancel (both off without it)."""
     batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(200, alias="ULOS_TRACKER_BATCH")
     batch_wait: Annotated[float, Field(gt=0)] = Field(0.05, alias="ULOS_TRACKER_BATCH_WAIT")
     output_max_bytes: Annotated[int, Field(ge=1)] = Field(

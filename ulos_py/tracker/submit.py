@@ -57,14 +57,13 @@ def submission_of(request: Request) -> Submission:
     return found
 
 
-def _authorize(request: Request, submission: Submission) -> None:
-    if submission.token is None:
-        raise HTTPException(403, "submitting is off: set ULOS_TRACKER_TOKEN to allow it")
+def authorize(request: Request, expected: str | None, what: str = "submitting") -> None:
+    """403 while `what` is off (no ULOS_TRACKER_TOKEN), 401 without that bearer token."""
+    if expected is None:
+        raise HTTPException(403, f"{what} is off: set ULOS_TRACKER_TOKEN to allow it")
     given = request.headers.get("authorization", "")
     scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        token.encode(), submission.token.encode()
-    ):
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), expected.encode()):
         raise HTTPException(
             401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -113,7 +112,7 @@ async def submit(request: Request) -> JSONResponse:
     """Submit a task (JSON, or multipart `message` + `file` zip uploaded to its filePath);
     202 with `taskId` and `url` once the broker confirmed it on its first stage."""
     submission = submission_of(request)
-    _authorize(request, submission)
+    authorize(request, submission.token)
     raw, upload = await _message_and_zip(request, submission.upload_max_bytes)
     try:
         received, task = parse_task(raw)
