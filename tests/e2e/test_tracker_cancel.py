@@ -134,3 +134,33 @@ async def test_a_running_task_cancelled_over_http_ends_cancelled_with_who_and_wh
             assert (await client.get(cancel)).status_code == 404
         await channel.close()
         assert line.empty("next")  # nothing was forwarded
+
+
+async def test_a_cancel_the_broker_cannot_take_is_a_502_naming_the_setting(
+    names: Names,
+    broker: Broker,
+    tracker_queue: str,
+    start_cli: StartCli,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = tracker_env(names, broker, f"sqlite:///{tmp_path / 't.sqlite3'}", port)
+    env.update(ULOS_TRACKER_TOKEN=TOKEN, ULOS_CANCEL_EXCHANGE=f"{names.prefix}-missing")
+    tracker = start_cli("tracker", env=env)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+        async def healthy() -> bool:
+            try:
+                return (await client.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                assert tracker.poll() is None, tracker.stderr.read() if tracker.stderr else ""
+                return False
+
+        await until(healthy, "the tracker answers /healthz")
+        for _ in range(2):  # the tracker's publisher recovers from the refusal
+            refused = await client.post("/api/tasks/t1/cancel", headers=auth)
+            assert refused.status_code == 502, refused.text
+            detail = refused.json()["detail"]
+            assert "ULOS_CANCEL_EXCHANGE" in detail and "does not exist" in detail, detail
+        assert (await client.get("/healthz")).status_code == 200
