@@ -126,8 +126,9 @@ async def test_a_running_task_cancelled_over_http_ends_cancelled_with_who_and_wh
 
             # Unknown task, no body: accepted all the same (it may not have been seen yet),
             # and the tracker says who when the request does not.
-            unseen = await client.post(f"/api/tasks/{names.prefix}-unseen/cancel", headers=auth)
+            unseen = await client.post(f"/api/tasks/{names.prefix}%2Funseen/cancel", headers=auth)
             assert unseen.status_code == 202, unseen.text
+            assert unseen.json()["taskId"] == f"{names.prefix}/unseen"  # URL-encoded works too
             assert unseen.json()["cancelledBy"] == "tracker API"
             assert unseen.json()["reason"] == ""
             # A GET of `…/cancel` is still the task of that name, not the endpoint.
