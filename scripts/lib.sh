@@ -104,3 +104,10 @@ build_executor_images() {
     "$VENV/bin/ulos-py" executors build --registry "$ROOT/executors/registry.toml" >"$RUN_DIR/build.log" 2>&1 \
         || { tail -n 20 "$RUN_DIR/build.log" >&2; die "building the executor images failed (full log: $RUN_DIR/build.log)"; }
 }
+
+ensure_chromium() {
+    # The dashboard's browser tests drive Debian's Chromium through its own chromedriver
+    # (Selenium): no browser download, which a machine without internet could not do.
+    if command -v chromium >/dev/null 2>&1 && [ -x /usr/bin/chromedriver ]; then return; fi
+    apt_install chromium chromium-driver
+}
