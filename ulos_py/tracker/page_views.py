@@ -223,8 +223,7 @@ def _next_node(node: TreeNode, visit: dict[str, Any]) -> TreeNode | None:
     wanted = {"pass": "success", "fail": "failure"}.get(str(visit.get("outcome")))
     matches = [c for c in node.children if (c.exchange, c.routing_key) == target]
     preferred = [c for c in matches if c.branch == wanted]
-    chosen = (preferred or matches or [None])[0]
-    return chosen
+    return next(iter(preferred or matches), None)
 
 
 @dataclass(frozen=True)
