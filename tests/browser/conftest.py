@@ -14,11 +14,16 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.wait import WebDriverWait
+
+from tests.browser.site import Site, running_site
+from tests.conftest import Broker, FtpServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".run" / "screenshots"
@@ -88,3 +93,27 @@ def browser(chromium: webdriver.Chrome, shoot: Shoot) -> webdriver.Chrome:
     chromium.get("about:blank")
     chromium.delete_all_cookies()
     return chromium
+
+
+@pytest.fixture(scope="module")
+def site(
+    broker: Broker, ftp_server: FtpServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    """A real node and `ulos-py tracker` for the module's tests (see site.py)."""
+    work = tmp_path_factory.mktemp("dashboard")
+    database = f"sqlite:///{work / 'tracker.sqlite3'}"
+    with running_site(broker, ftp_server, work / "node", database) as running:
+        yield running
+
+
+def wait_until(
+    driver: webdriver.Chrome,
+    check: Callable[[webdriver.Chrome], Any],
+    what: str,
+    timeout: float = 30,
+) -> Any:
+    """Until `check(driver)` gives something true; fails naming `what`."""
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(check)
+    except TimeoutException:
+        pytest.fail(f"{what}: not within {timeout} s", pytrace=False)

@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ulos_py.journey import State
 from ulos_py.tracker import page_queries, page_views, queries
+from ulos_py.tracker.api import tracker_of
 from ulos_py.tracker.queries import BadCursor, TaskFilter
 from ulos_py.tracker.store import Store
 
@@ -53,8 +54,7 @@ _templates.filters.update(
 
 
 def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+    return tracker_of(request).store
 
 
 StoreDep = Annotated[Store, Depends(_store)]
