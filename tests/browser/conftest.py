@@ -72,8 +72,8 @@ def chromium() -> Iterator[webdriver.Chrome]:
 
 
 @pytest.fixture
-def shoot(chromium: webdriver.Chrome, request: pytest.FixtureRequest) -> Iterator[Shoot]:
-    """`shoot(label)` saves the page as it is now; the page the test ends on is saved too."""
+def shoot(chromium: webdriver.Chrome, request: pytest.FixtureRequest) -> Shoot:
+    """`shoot(label)` saves the page as it is now (`browser` saves the page a test ends on)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     test = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")
 
@@ -82,17 +82,19 @@ def shoot(chromium: webdriver.Chrome, request: pytest.FixtureRequest) -> Iterato
         chromium.save_screenshot(str(path))
         return path
 
-    yield save
-    with contextlib.suppress(WebDriverException):  # a gone browser already failed the test
-        save("end")
+    return save
 
 
 @pytest.fixture
-def browser(chromium: webdriver.Chrome, shoot: Shoot) -> webdriver.Chrome:
-    """The session's browser on a blank page: no state carried over from the last test."""
+def browser(chromium: webdriver.Chrome, shoot: Shoot) -> Iterator[webdriver.Chrome]:
+    """The session's browser on a blank page: no state carried over from the last test (and
+    none left behind: a page's live stream would hold the tracker's shutdown up)."""
     chromium.get("about:blank")
     chromium.delete_all_cookies()
-    return chromium
+    yield chromium
+    with contextlib.suppress(WebDriverException):
+        shoot("end")
+        chromium.get("about:blank")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 node's stages served by the built-in executors, submissions on the test FTP server.
 
 Every stage key of the sample messages (`pass`, `testing-1` …) is bound to the node's one
-input queue under a prefix of this run, so one node serves every stage; the ends of the
+input queue on this run's own exchange, so one node serves every stage; the ends of the
 trees (`lab.passed`, `lab.failed`) go to a results queue nobody reads (tasks are delivered).
 """
 
@@ -55,30 +55,20 @@ class Site:
     def prefix(self) -> str:
         return self.names.prefix
 
-    def key(self, stage: str) -> str:
-        """This run's routing key for a sample stage key (`testing-1` → `testing-<p>-1`)."""
-        if stage.startswith("testing-"):
-            return f"testing-{self.prefix}-{stage.removeprefix('testing-')}"
-        return f"{self.prefix}.{stage}"
-
     def tree(self, node: Any) -> Any:
-        """A sample routing tree moved onto this run's exchange and keys."""
+        """A sample routing tree moved onto this run's exchange."""
         if not isinstance(node, dict):
             return node
-        moved = {
-            **node,
-            "exchange": self.names.exchange,
-            "routingKey": self.key(node["routingKey"]),
-        }
+        moved = {**node, "exchange": self.names.exchange}
         for branch in ("successRoutingDecision", "failureRoutingDecision"):
             if branch in node:
                 moved[branch] = self.tree(node[branch])
         return moved
 
-    def stage_keys(self) -> set[str]:
+    @staticmethod
+    def stage_keys() -> set[str]:
         keys = {"pass", "fail", "crash", "skip", *(f"testing-{i}" for i in range(1, 6))}
-        keys |= {"testing-3-fail", "testing-3-crash"}
-        return {self.key(key) for key in keys}
+        return keys | {"testing-3-fail", "testing-3-crash"}
 
     def demo_task(self, name: str) -> dict[str, Any]:
         """A sample message of testing-messages/, with this run's ids, keys and file."""
@@ -92,15 +82,15 @@ class Site:
 
     def chain(self, task_id: str, stages: int = 5, **fields: Any) -> dict[str, Any]:
         """A task through `stages` pass stages (about a second each), then `lab.passed`."""
-        node: dict[str, Any] = {"exchange": self.names.exchange, "routingKey": self.key(ENDS[0])}
+        node: dict[str, Any] = {"exchange": self.names.exchange, "routingKey": ENDS[0]}
         for number in range(stages, 0, -1):
             node = {
                 "exchange": self.names.exchange,
-                "routingKey": self.key(f"testing-{number}"),
+                "routingKey": f"testing-{number}",
                 "successRoutingDecision": node,
                 "failureRoutingDecision": {
                     "exchange": self.names.exchange,
-                    "routingKey": self.key(ENDS[1]),
+                    "routingKey": ENDS[1],
                 },
             }
         return {
@@ -143,7 +133,7 @@ async def declare(names: Names, broker: Broker, stage_keys: set[str]) -> None:
             await inbox.bind(processing, key)
         results = await channel.declare_queue(names.queue("results"), durable=True)
         for end in ENDS:
-            await results.bind(processing, f"{names.prefix}.{end}")
+            await results.bind(processing, end)
         tracker = await channel.declare_queue(names.queue("tracker"), durable=True)
         await tracker.bind(logs, "logs")
         await tracker.bind(crashes, "crash")

@@ -22,14 +22,32 @@ def path_of(task_id: str) -> str:
 
 
 def row_states(driver: webdriver.Chrome) -> dict[str, str]:
-    """Task id → state of every row of the task table on the page."""
-    rows = driver.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr[data-href]")
-    return {
-        row.find_element(By.CSS_SELECTOR, ".task-link").text: row.find_element(
-            By.CSS_SELECTOR, ".state"
-        ).text
-        for row in rows
-    }
+    """Task id → state of every row of the task table on the page (read in one go: a live
+    update may replace the table at any moment)."""
+    pairs = driver.execute_script(
+        "return [...document.querySelectorAll('table.tasks tbody tr[data-href]')].map(r =>"
+        " [r.querySelector('.task-link').textContent, r.querySelector('.state').textContent]);"
+    )
+    return dict(pairs)
+
+
+def texts(driver: webdriver.Chrome, css: str) -> list[str]:
+    """The text of every element matching `css`, read in one go."""
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent.trim());",
+        css,
+    )
+    return found
+
+
+def attrs(driver: webdriver.Chrome, css: str, name: str) -> list[str]:
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        " .map(e => e.getAttribute(arguments[1]));",
+        css,
+        name,
+    )
+    return found
 
 
 def mark_page(driver: webdriver.Chrome) -> None:
@@ -75,14 +93,13 @@ def test_the_demo_tasks_appear_and_end_where_expected(
     shoot("tasks")
 
     browser.get(site.url + "/")
-    crashed = browser.find_element(By.CSS_SELECTOR, ".card-crashed .count").text
+    [crashed] = texts(browser, ".card-crashed .count")
     assert int(crashed) >= 2
-    kinds = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".crashes .crash-kind")]
-    assert "execution" in kinds
-    stages = browser.find_element(By.CSS_SELECTOR, "table.stats").text
-    assert site.key("testing-5") in stages
-    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline.series")
-    nodes = browser.find_element(By.CSS_SELECTOR, "table.nodes").text
+    assert "execution" in texts(browser, ".crashes .crash-kind")
+    [stages] = texts(browser, "table.stats")
+    assert "testing-5" in stages
+    assert texts(browser, "svg.chart polyline.series")
+    [nodes] = texts(browser, "table.nodes")
     assert f"{site.prefix}-node" in nodes
     shoot("overview")
 
@@ -111,18 +128,17 @@ def test_the_chain_journey_shows_five_stages_in_order_and_its_path(
     browser.get(site.url + path_of(demo["chain-pass"]))
 
     def five(driver: webdriver.Chrome) -> list[str]:
-        visits = driver.find_elements(By.CSS_SELECTOR, ".timeline .visit")
-        return [v.get_attribute("data-stage") or "" for v in visits] if len(visits) == 5 else []
+        stages = attrs(driver, ".timeline .visit", "data-stage")
+        return stages if len(stages) == 5 else []
 
     stages = wait_until(browser, five, "five visits on the journey", 40)
-    assert stages == [site.key(f"testing-{n}") for n in range(1, 6)]
+    assert stages == [f"testing-{n}" for n in range(1, 6)]
     bars = browser.find_elements(By.CSS_SELECTOR, ".timeline .visit .bar")
     assert len(bars) >= 5 * 4, "each stage's steps are drawn as bars"
     assert all(float(b.value_of_css_property("width").removesuffix("px")) > 0 for b in bars)
-    taken = browser.find_elements(By.CSS_SELECTOR, ".tree li.taken > .tree-node .key")
-    assert [k.text for k in taken] == [
-        *(site.key(f"testing-{n}") for n in range(1, 6)),
-        site.key("lab.passed"),
+    assert texts(browser, ".tree li.taken > .tree-node .key") == [
+        *(f"testing-{n}" for n in range(1, 6)),
+        "lab.passed",
     ]
     greyed = browser.find_elements(By.CSS_SELECTOR, ".tree li.not-taken > .tree-node")
     assert len(greyed) == 5  # each stage's failure branch
