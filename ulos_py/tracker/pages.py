@@ -97,7 +97,7 @@ async def overview(request: Request, store: StoreDep) -> HTMLResponse:
         stats=stats,
         crashes=sorted(crashes.items(), key=lambda item: -item[1]),
         stuck=(await queries.stuck_tasks(store, now))[:20],
-        nodes=await queries.node_list(store),
+        nodes=await page_queries.node_activity(store, now=now),
     )
 
 
