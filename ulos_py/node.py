@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import uvloop
 
-from ulos_py.adapters import rabbitmq
+from ulos_py.adapters import rabbitmq, rabbitmq_deliveries
 from ulos_py.adapters.docker_engine import DockerEngine
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.archive import ArchiveLimits
@@ -126,7 +126,7 @@ async def _serve(
         ):
             if not await publisher.exchange_exists(exchange):
                 raise ConfigError(f"{variable}: exchange {exchange!r} does not exist on the broker")
-        queue = await rabbitmq.open_queue(
+        queue = await rabbitmq_deliveries.open_queue(
             connection, settings.consumption_queue, settings.prefetch_count
         )
         deps = Deps(
@@ -151,8 +151,8 @@ async def _serve(
         )
         pool = TaskPool(settings.concurrency, deps)
         metrics.count_in_flight(lambda: pool.in_flight)
-        stop_consuming = await rabbitmq.consume(
-            queue, publisher, pool.submit, prefetch=settings.prefetch_count
+        stop_consuming = await rabbitmq_deliveries.consume(
+            connection, queue, publisher, pool.submit, prefetch=settings.prefetch_count
         )
         metrics.set_consuming(True)
         log.info("consuming", queue=settings.consumption_queue, concurrency=settings.concurrency)

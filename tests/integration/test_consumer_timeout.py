@@ -42,7 +42,8 @@ from tests.integration.short_timeout_broker import (
     PrivateBroker,
     short_timeout_broker,  # noqa: F401  (the fixture, for this module)
 )
-from ulos_py.adapters.rabbitmq import LEASE_PREFIX, declare_topology
+from ulos_py.adapters.rabbitmq_deliveries import LEASE_PREFIX
+from ulos_py.adapters.rabbitmq_tooling import declare_topology
 from ulos_py.settings import Settings
 from ulos_py.topology import QueueSpec, Topology
 

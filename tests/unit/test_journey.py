@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ulos_py.adapters.rabbitmq import Observed
+from ulos_py.adapters.rabbitmq_tooling import Observed
 from ulos_py.cli.watch import Screen
 from ulos_py.errors import ExecutionCrashed, MalformedTask
 from ulos_py.journey import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ulos_py.adapters import rabbitmq
+from ulos_py.adapters import rabbitmq, rabbitmq_tooling
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.errors import UlosError
 from ulos_py.settings import ConnectionSettings, load
@@ -52,6 +52,6 @@ def apply(file: Path, env_file: Path | None) -> None:
 async def _apply(settings: ConnectionSettings, spec: Topology) -> None:
     connection = await rabbitmq.connect(rabbitmq.BrokerAddress.of(settings, "ulos-py topology"))
     try:
-        await rabbitmq.declare_topology(connection, spec)
+        await rabbitmq_tooling.declare_topology(connection, spec)
     finally:
         await connection.close()

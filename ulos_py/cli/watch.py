@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from pydantic import Field
 
-from ulos_py.adapters import rabbitmq
+from ulos_py.adapters import rabbitmq, rabbitmq_tooling
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.errors import ConfigError
 from ulos_py.journey import (
@@ -165,7 +165,9 @@ async def _receive(
     connection = await rabbitmq.connect(address)
     queue_name = f"ulos-py.watch.{who}.{uuid.uuid4().hex[:8]}"
     try:
-        async with rabbitmq.observe(connection, bindings, queue_name, screen.say) as messages:
+        async with rabbitmq_tooling.observe(
+            connection, bindings, queue_name, screen.say
+        ) as messages:
             screen.say(f"following {_pairs(bindings)}; Ctrl-C stops")
             async for message in messages:
                 screen.show(message)
@@ -189,7 +191,7 @@ class Screen:
     def say(self, sentence: str) -> None:
         click.echo(f"ulos-py watch: {sentence}", err=True)
 
-    def show(self, message: rabbitmq.Observed) -> None:
+    def show(self, message: rabbitmq_tooling.Observed) -> None:
         notice = read_notice(message.body)
         if notice is None:
             self.unreadable += 1
@@ -213,7 +215,7 @@ class Screen:
             sentence = f"{notice.event}: {notice.body.get('logMessage', '')}"
             click.echo(self._line(notice, "(no task id)", sentence))
 
-    def _unreadable(self, message: rabbitmq.Observed) -> None:
+    def _unreadable(self, message: rabbitmq_tooling.Observed) -> None:
         preview = message.body[:PREVIEW].decode("utf-8", errors="replace")
         more = "…" if len(message.body) > PREVIEW else ""
         where = f"{message.exchange!r} / {message.routing_key!r}"

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
@@ -30,6 +30,17 @@ from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 
 DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
 FINAL_STATES = frozenset({State.PASSED, State.FAILED, State.CRASHED, State.DELIVERED})
+
+
+class Message(Protocol):
+    """What the store needs of a message from the tracker's queue."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,11 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def add(self, batch: Sequence[Incoming]) -> list[Journey]:
+    async def reset(self) -> None:
+        """Drop pooled connections: the next transaction opens a fresh one."""
+        await self.engine.dispose()
+
+    async def add(self, batch: Sequence[Message]) -> list[Journey]:
         """Store a batch in one transaction; the journeys of the tasks it touched."""
         now = datetime.now(UTC)
         found: list[tuple[str, Notice]] = []
@@ -130,7 +145,7 @@ class Store:
         bodies: dict[str, list[Notice]] = defaultdict(list)
         query = select(notices.c.task_id, notices.c.body).where(notices.c.task_id.in_(task_ids))
         for task_id, body in await conn.execute(query):
-            bodies[task_id].append(Notice(json.loads(body)))
+            bodies[task_id].append(Notice.stored(body))
         journeys = [journey(task_id, bodies[task_id]) for task_id in task_ids]
         await conn.execute(delete(tasks).where(tasks.c.task_id.in_(task_ids)))
         await conn.execute(delete(visits).where(visits.c.task_id.in_(task_ids)))
@@ -195,7 +210,7 @@ def _key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _unreadable_row(message: Incoming, now: datetime) -> dict[str, Any]:
+def _unreadable_row(message: Message, now: datetime) -> dict[str, Any]:
     return {
         "key": _key(message.body),
         "stored_at": now,
