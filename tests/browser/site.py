@@ -149,8 +149,14 @@ async def remove(names: Names, broker: Broker) -> None:
             await channel.exchange_delete(exchange)
 
 
-def tracker_values(names: Names, broker: Broker, database: str, port: int) -> dict[str, Any]:
+def tracker_values(
+    names: Names, broker: Broker, ftp: FtpServer, database: str, port: int
+) -> dict[str, Any]:
     return {
+        "REMOTE_STORAGE_HOST": ftp.host,
+        "REMOTE_STORAGE_PORT": ftp.port,
+        "REMOTE_STORAGE_USERNAME": ftp.username,
+        "REMOTE_STORAGE_PASSWORD": ftp.password,
         "MESSAGE_BROKER_HOST": broker.host,
         "MESSAGE_BROKER_PORT": broker.port,
         "MESSAGE_BROKER_USERNAME": broker.username,
@@ -219,7 +225,7 @@ def running_site(
     site = Site(f"http://127.0.0.1:{port}", names, broker, ftp)
     asyncio.run(declare(names, broker, site.stage_keys()))
     try:
-        tracker_env = settings_env(tracker_values(names, broker, database, port))
+        tracker_env = settings_env(tracker_values(names, broker, ftp, database, port))
         with contextlib.ExitStack() as stack:
             tracker = stack.enter_context(started(["tracker"], tracker_env))
             if node:

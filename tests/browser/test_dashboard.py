@@ -50,6 +50,17 @@ def attrs(driver: webdriver.Chrome, css: str, name: str) -> list[str]:
     return found
 
 
+def grade_sheet(driver: webdriver.Chrome) -> tuple[int, str]:
+    """The owner page's CSV link, fetched by the page: its status and text."""
+    link = driver.find_element(By.CSS_SELECTOR, "a.csv").get_attribute("href") or ""
+    status, text = driver.execute_async_script(
+        "const done = arguments[1];"
+        "fetch(arguments[0]).then(r => r.text().then(t => done([r.status, t])));",
+        link,
+    )
+    return int(status), str(text)
+
+
 def mark_page(driver: webdriver.Chrome) -> None:
     """A value that only lives as long as this page: a reload would lose it."""
     driver.execute_script("window.__notReloaded = 'still here';")
@@ -147,9 +158,10 @@ def test_the_chain_journey_shows_five_stages_in_order_and_its_path(
 
     # The stage output, fetched through the tracker when asked for, shown as text.
     browser.find_element(By.ID, "load-output").click()
-    wait_until(
-        browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#output-files details"), "output"
+    names = wait_until(
+        browser, lambda d: texts(d, "#output-files details summary"), "the stage output", 30
     )
+    assert f"output_{site.names.exchange}_testing-5.txt" in names, names
     shoot("output")
 
 
@@ -188,14 +200,9 @@ def test_the_owner_page_lists_submissions_with_the_grade_sheet(
     browser.get(f"{site.url}/owners/student-42")
     listed = row_states(browser)
     assert set(demo.values()) <= set(listed)
-    link = browser.find_element(By.CSS_SELECTOR, "a.csv").get_attribute("href") or ""
-    sheet = browser.execute_async_script(
-        "const done = arguments[1];"
-        "fetch(arguments[0]).then(r => r.text().then(t => done([r.status, t])));",
-        link,
-    )
-    assert sheet[0] == 200
-    assert demo["crash"] in sheet[1]
+    status, sheet = grade_sheet(browser)
+    assert status == 200
+    assert demo["crash"] in sheet
 
 
 def test_an_unknown_task_gets_a_page_that_says_so(
@@ -266,3 +273,7 @@ def test_values_from_tasks_are_shown_as_text_and_never_run(
         no_injection(browser)
         assert SCRIPT in browser.find_element(By.TAG_NAME, "body").text or page == "/"
         shoot(page.strip("/").split("?")[0].split("/")[0] or "overview")
+        if page.startswith("/owners/"):
+            status, sheet = grade_sheet(browser)  # an owner id with `/` in it has one too
+            assert status == 200
+            assert SCRIPT in sheet

@@ -1,7 +1,9 @@
 // A journey's stage output, fetched through the tracker (GET /api/tasks/{id}/output) when
-// asked for, and shown as text: the files' content never becomes HTML.
+// asked for and shown as text, one box per `output_*.txt` (the tracker heads each with
+// `==> name <==`): the files' content never becomes HTML.
 (function () {
   "use strict";
+  var HEADER = /^==> (.*) <==$/;
 
   function show(target, name, text) {
     var box = document.createElement("details");
@@ -16,18 +18,24 @@
     target.appendChild(box);
   }
 
-  function render(target, response) {
-    var type = response.headers.get("Content-Type") || "";
-    if (type.indexOf("application/json") === 0) {
-      return response.json().then(function (data) {
-        var files = Array.isArray(data) ? data : (data.files || data.items || []);
-        if (!files.length) { show(target, "no output", "The task's zip holds no stage output yet."); }
-        files.forEach(function (file) {
-          show(target, String(file.name || file.path || "output"), String(file.text || file.content || ""));
-        });
-      });
-    }
-    return response.text().then(function (text) { show(target, "output", text); });
+  function showFiles(target, text) {
+    var name = "output";
+    var lines = [];
+    var shown = 0;
+    var flush = function () {
+      if (lines.length || shown === 0) { show(target, name, lines.join("\n").replace(/\n+$/, "")); shown += 1; }
+      lines = [];
+    };
+    text.split("\n").forEach(function (line) {
+      var header = HEADER.exec(line);
+      if (header) {
+        if (lines.length) { flush(); }
+        name = header[1];
+      } else {
+        lines.push(line);
+      }
+    });
+    flush();
   }
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -40,14 +48,12 @@
       button.disabled = true;
       fetch(section.dataset.output, { cache: "no-store" })
         .then(function (response) {
-          if (!response.ok) {
-            return response.text().then(function (text) {
-              var reason = text;
-              try { reason = JSON.parse(text).detail || text; } catch (error) { /* plain text */ }
-              show(target, "not available (" + response.status + ")", String(reason));
-            });
-          }
-          return render(target, response);
+          return response.text().then(function (text) {
+            if (response.ok) { showFiles(target, text); return; }
+            var reason = text;
+            try { reason = JSON.parse(text).detail || text; } catch (error) { /* plain text */ }
+            show(target, "not available (" + response.status + ")", String(reason));
+          });
         })
         .catch(function (error) { show(target, "not available", String(error)); })
         .then(function () { button.disabled = false; });
