@@ -162,6 +162,7 @@ def test_the_chain_journey_shows_five_stages_in_order_and_its_path(
         browser, lambda d: texts(d, "#output-files details summary"), "the stage output", 30
     )
     assert f"output_{site.names.exchange}_testing-5.txt" in names, names
+    browser.execute_script("document.getElementById('output-files').scrollIntoView();")
     shoot("output")
 
 
