@@ -95,7 +95,7 @@ async def throughput(
 
 
 async def node_activity(
-    store: Store, window: timedelta = timedelta(days=1), now: datetime | None = None
+    store: Store, window: timedelta = timedelta(hours=1), now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Every node seen, busiest first: its last activity, and the visits it handled and the
     crashes it reported over the last `window` (read through the index of when visits began,
