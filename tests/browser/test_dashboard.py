@@ -195,6 +195,35 @@ def test_a_running_task_changes_state_on_the_page_without_a_reload(
     assert len(browser.find_elements(By.CSS_SELECTOR, ".timeline .visit")) == 4
 
 
+def test_a_journey_page_follows_its_task_live(
+    browser: webdriver.Chrome, site: Site, shoot: Shoot
+) -> None:
+    task = site.chain(f"{site.prefix}/journey-live", stages=4)
+    site.upload(task["filePath"])
+    site.publish(task)
+
+    def opened(driver: webdriver.Chrome) -> bool:
+        driver.get(site.url + path_of(task["taskId"]))
+        return bool(texts(driver, "h1 .task-id"))  # the task is known (not the 404 page)
+
+    wait_until(browser, opened, "the journey page of the task", 20)
+    wait_until(browser, lambda d: d.find_element(By.ID, "live-status").text == "live", "SSE")
+    mark_page(browser)
+    before = texts(browser, "h1 .state")
+    assert before != ["delivered"], "the task ended before its page opened: nothing to follow"
+
+    def ended(driver: webdriver.Chrome) -> bool:
+        return texts(driver, "h1 .state") == ["delivered"]
+
+    wait_until(browser, ended, "the journey delivered without a reload", 40)
+    assert not_reloaded(browser), "the journey page reloaded instead of updating in place"
+    assert attrs(browser, ".timeline .visit", "data-stage") == [
+        "testing-1",
+        "testing-2",
+        "testing-3",
+    ]
+
+
 def test_the_owner_page_lists_submissions_with_the_grade_sheet(
     browser: webdriver.Chrome, site: Site, demo: dict[str, str], shoot: Shoot
 ) -> None:
