@@ -19,19 +19,19 @@ from pydantic import Field
 from ulos_py.adapters import rabbitmq, rabbitmq_tooling
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.errors import ConfigError
-from ulos_py.log import configure_logging
-from ulos_py.settings import ConnectionSettings, load
-from ulos_py.watching import (
+from ulos_py.journey import (
     Board,
     Completed,
     Crashed,
     Forwarded,
+    Journey,
     Notice,
     StageKey,
     StageVisit,
-    TaskView,
     read_notice,
 )
+from ulos_py.log import configure_logging
+from ulos_py.settings import ConnectionSettings, load
 
 PREVIEW = 200
 """Characters of a body that is not JSON shown to the operator."""
@@ -246,20 +246,20 @@ class Screen:
             click.echo(f"{_pad(task_id, widths[0])}  {_pad(passed, widths[1])}  {state}", err=err)
 
 
-def _describe(view: TaskView) -> tuple[str, str]:
+def _describe(view: Journey) -> tuple[str, str]:
     """The stages behind a task, and where it is now or how it ended."""
     passed = " ".join(f"{_label(visit.stage)} {_mark(visit)}" for visit in view.passed)
     return passed, _state(view)
 
 
-def _state(view: TaskView) -> str:
+def _state(view: Journey) -> str:
     last = view.last
     if last is None:
         return "-"
     where = _label(last.stage)
     end = last.end
     if last.open:
-        attempt = f", attempt {last.attempts}" if last.attempts > 1 else ""
+        attempt = f", attempt {last.attempt}" if last.attempt > 1 else ""
         mark = f" {_mark(last)}" if last.outcome else ""
         return f"now {where}{mark} ({last.last_event}{attempt})"
     if isinstance(end, Forwarded):
@@ -275,7 +275,7 @@ def _state(view: TaskView) -> str:
     return f"{last.settled} at {where}"
 
 
-def _totals(views: list[TaskView], unreadable: int, anonymous: int) -> str:
+def _totals(views: list[Journey], unreadable: int, anonymous: int) -> str:
     counts: dict[str, int] = {}
     for view in views:
         word = _standing(view)
@@ -289,7 +289,7 @@ def _totals(views: list[TaskView], unreadable: int, anonymous: int) -> str:
     return f"{len(views)} {noun} seen" + (f": {', '.join(parts)}" if parts else "")
 
 
-def _standing(view: TaskView) -> str:
+def _standing(view: Journey) -> str:
     """One word for the summary's counts."""
     last = view.last
     if last is None or last.open:

@@ -1,10 +1,11 @@
-"""The watcher's pure view: notices folded into each task's journey, and how it is shown."""
+"""The pure journey: notices folded into each task's visits and state, and how `watch` shows it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,21 +13,27 @@ import pytest
 from ulos_py.adapters.rabbitmq_tooling import Observed
 from ulos_py.cli.watch import Screen
 from ulos_py.errors import ExecutionCrashed, MalformedTask
-from ulos_py.models import RoutingNode
-from ulos_py.notices import Event, NoticeContext, crash_notice, log_notice
-from ulos_py.watching import (
+from ulos_py.journey import (
     Board,
     Completed,
     Crashed,
     Forwarded,
+    Journey,
     Notice,
     StageKey,
-    TaskView,
-    fold,
+    State,
     read_notice,
 )
+from ulos_py.models import RoutingNode
+from ulos_py.notices import Event, NoticeContext, crash_notice, log_notice
 
 EXCHANGE = "processing"
+_clock = itertools.count()
+
+
+def _tick() -> str:
+    """A new millisecond for each notice built, as a node's clock would give."""
+    return (datetime(2025, 3, 1, 12, tzinfo=UTC) + timedelta(milliseconds=next(_clock))).isoformat()
 
 
 def notice(task_id: str | None, event: str, key: str | None = "testing-1", **fields: Any) -> dict:
@@ -37,7 +44,7 @@ def notice(task_id: str | None, event: str, key: str | None = "testing-1", **fie
         "logMessage": f"{event} happened",
         "event": event,
         "nodeId": "node-1",
-        "timestamp": "2025-03-01T12:00:00.000Z",
+        "timestamp": _tick(),
         "stage": None if key is None else {"exchange": EXCHANGE, "routingKey": key},
         **fields,
     }
@@ -75,14 +82,14 @@ def crashed(task_id: str, key: str | None, kind: str, detail: str, requeued: boo
     ]
 
 
-def view_of(*bodies: dict, task_id: str = "t1") -> TaskView:
+def view_of(*bodies: dict, task_id: str = "t1") -> Journey:
     board = Board()
     for body in bodies:
         board.apply(Notice(body))
     return board.tasks[task_id]
 
 
-def keys(view: TaskView) -> list[str | None]:
+def keys(view: Journey) -> list[str | None]:
     return [v.stage.routing_key if v.stage else None for v in view.passed]
 
 
@@ -231,34 +238,38 @@ def test_the_second_copy_of_a_crash_changes_nothing() -> None:
 
 
 def test_a_requeued_crash_runs_the_same_stage_again() -> None:
-    view = view_of(
+    first = [
         notice("t1", "received", "flaky"),
         *crashed("t1", "flaky", "download", "connection dropped", requeued=True),
-    )
+    ]
+    view = view_of(*first)
     assert view.last is not None
     assert view.last.requeued is True
     assert view.end == Crashed("download", "connection dropped")
-    again = fold(view, Notice(notice("t1", "received", "flaky")))
-    assert len(again.visits) == 1
+    assert view.state() == State.WAITING
+    again = view_of(*first, notice("t1", "received", "flaky"))
+    assert [v.attempt for v in again.visits] == [1, 2]
     assert again.current is not None
-    assert again.current.attempts == 2
     assert again.end is None
     assert again.current.requeued is False
+    assert again.state() == State.RUNNING
 
 
 def test_a_task_returned_to_the_queue_on_shutdown_is_neither_running_nor_ended() -> None:
-    view = view_of(
+    first = [
         notice("t1", "received", "pass"),
         notice("t1", "execution_started", "pass"),
         notice("t1", "rejected", "pass", requeued=True),
-    )
+    ]
+    view = view_of(*first)
     assert view.current is None
     assert view.end is None
     assert view.last is not None
     assert (view.last.settled, view.last.requeued) == ("rejected", True)
-    again = fold(view, Notice(notice("t1", "received", "pass")))
+    assert view.state() == State.WAITING
+    again = view_of(*first, notice("t1", "received", "pass"))
     assert again.current is not None
-    assert again.current.attempts == 2
+    assert again.current.attempt == 2
 
 
 def test_a_redelivery_of_a_running_stage_counts_an_attempt() -> None:
@@ -266,11 +277,11 @@ def test_a_redelivery_of_a_running_stage_counts_an_attempt() -> None:
     view = view_of(
         notice("t1", "received"),
         notice("t1", "execution_started"),
-        notice("t1", "received"),
+        notice("t1", "received", nodeId="node-2"),
     )
-    assert len(view.visits) == 1
+    assert [(v.attempt, v.node_id) for v in view.visits] == [(1, "node-1"), (2, "node-2")]
     assert view.current is not None
-    assert (view.current.attempts, view.current.last_event) == (2, "received")
+    assert view.current.last_event == "received"
 
 
 def test_a_tree_coming_back_to_a_stage_visits_it_anew() -> None:
@@ -284,7 +295,7 @@ def test_a_tree_coming_back_to_a_stage_visits_it_anew() -> None:
     )
     assert keys(view) == ["check", "fix", "check"]
     assert [v.outcome for v in view.passed] == ["fail", "pass", "pass"]
-    assert all(v.attempts == 1 for v in view.visits)
+    assert all(v.attempt == 1 for v in view.visits)
 
 
 def test_a_task_without_routing_tree_crashes_at_no_stage() -> None:

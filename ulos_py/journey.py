@@ -1,0 +1,454 @@
+"""Pure: a task's journey — its visits of stages and its state — folded from its notices.
+
+A task's notices come from several nodes over two exchanges, so they arrive in no useful
+order: the next stage's node may report `received` before the previous node's `forwarded`
+lands, a crash arrives twice (crash notice and log), and a redelivered notice comes again.
+So the journey is a function of the *set* of notices, never of their arrival: identical
+bodies count once, and the set is folded in the order things happened (each notice's
+timestamp, then the order of steps within a stage, then the body itself as a last tie-break).
+`watch`, `status`, the tracker and its pages all read tasks through this one fold. No I/O.
+
+    bodies → Notice (lenient reading) → journey(task_id, notices) → Journey (visits) → state
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+from ulos_py.notices import Event
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+STEP_ORDER = (
+    Event.RECEIVED,
+    Event.DOWNLOADED,
+    Event.LEASED,
+    Event.EXECUTION_STARTED,
+    Event.EXECUTION_FINISHED,
+    Event.UPLOADED,
+    Event.FORWARDED,
+    Event.COMPLETED,
+    Event.CRASHED,
+    Event.REJECTED,
+    Event.ACKED,
+)
+"""The order of a visit's steps, which breaks ties between notices of the same instant."""
+_RANK = {event.value: rank for rank, event in enumerate(STEP_ORDER)}
+
+
+class State(StrEnum):
+    """Where a task stands (SPEC §10)."""
+
+    WAITING = "waiting"
+    """Forwarded to a stage (or back in its queue) and not yet received there."""
+    RUNNING = "running"
+    """A node received it and has not ended the visit."""
+    PASSED = "passed"
+    """Completed: the last stage passed and no stage follows."""
+    FAILED = "failed"
+    """Completed: the last stage failed and no stage follows."""
+    CRASHED = "crashed"
+    """A crash that did not send the task back to its queue."""
+    STUCK = "stuck"
+    """Waiting or running for longer than it should."""
+    DELIVERED = "delivered"
+    """Forwarded to the end of its routing tree (a result queue) and not taken by a node."""
+
+
+OPEN_STATES = frozenset({State.WAITING, State.RUNNING})
+"""States in which a task may still become stuck."""
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """Where a stage is served: the routing node's exchange and routing key."""
+
+    exchange: str
+    routing_key: str
+
+    @classmethod
+    def of(cls, value: object) -> StageKey | None:
+        """The `{exchange, routingKey}` of a notice's `stage` or `target`, if well-formed."""
+        if not isinstance(value, dict):
+            return None
+        exchange, key = value.get("exchange"), value.get("routingKey")
+        if not isinstance(exchange, str) or not isinstance(key, str):
+            return None
+        return cls(exchange, key)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"exchange": self.exchange, "routingKey": self.routing_key}
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """The broker confirmed the task on its next stage (None: the notice did not say where)."""
+
+    target: StageKey | None
+    final: bool = False
+    """The target has no further decisions: the end of the routing tree."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """No branch follows the outcome: the journey ended at this stage."""
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """The stage ended without an outcome; `kind` is SPEC §4 `error.kind`."""
+
+    kind: str
+    detail: str
+    requeued: bool = False
+    """The crash notice says the task went back to its queue for another attempt."""
+
+
+End = Forwarded | Completed | Crashed
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One notice body, read leniently: a missing or odd field is None, never an error."""
+
+    body: dict[str, Any]
+
+    @property
+    def task_id(self) -> str | None:
+        value = self.body.get("taskId")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def event(self) -> str:
+        value = self.body.get("event")
+        return value if isinstance(value, str) else "?"
+
+    @property
+    def stage(self) -> StageKey | None:
+        return StageKey.of(self.body.get("stage"))
+
+    @property
+    def node_id(self) -> str | None:
+        value = self.body.get("nodeId")
+        return value if isinstance(value, str) else None
+
+    @property
+    def outcome(self) -> str | None:
+        value = self.body.get("outcome")
+        return value if isinstance(value, str) else None
+
+    @property
+    def requeued(self) -> bool:
+        return self.body.get("requeued") is True
+
+    @property
+    def crash(self) -> Crashed:
+        error = self.body.get("error")
+        error = error if isinstance(error, dict) else {}
+        kind, detail = error.get("kind"), error.get("detail")
+        return Crashed(
+            kind if isinstance(kind, str) else "?",
+            detail if isinstance(detail, str) else str(self.body.get("logMessage", "")),
+            error.get("requeued") is True,
+        )
+
+    @property
+    def timestamp(self) -> datetime | None:
+        value = self.body.get("timestamp")
+        if not isinstance(value, str):
+            return None
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+    @cached_property
+    def identity(self) -> str:
+        """The body in canonical form: equal for a notice and its redelivered copy."""
+        return json.dumps(self.body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    def order(self) -> tuple[datetime, int, str]:
+        """When it happened: its time, its place among a visit's steps, then its body."""
+        return (self.timestamp or EPOCH, _RANK.get(self.event, len(_RANK)), self.identity)
+
+
+def read_notice(raw: bytes) -> Notice | None:
+    """The notice in a message body; None when the body is not a JSON object."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond reason
+        return None
+    return Notice(body) if isinstance(body, dict) else None
+
+
+@dataclass(frozen=True)
+class StageVisit:
+    """One delivery of a task to a stage, as far as its notices tell."""
+
+    stage: StageKey | None
+    """None when the task had no routing tree (or the notice no stage)."""
+    last_event: str
+    attempt: int = 1
+    """1 for a stage's first visit; one more for each redelivery or requeue to it."""
+    node_id: str | None = None
+    steps: tuple[tuple[str, datetime], ...] = ()
+    """Each event of the visit with the time it first happened, in that order."""
+    outcome: str | None = None
+    """The executor's `pass` or `fail`, once it decided."""
+    end: End | None = None
+    settled: str | None = None
+    """`acked` or `rejected`, once the node settled the delivery."""
+    requeued: bool = False
+    """The delivery went back to its queue (a rejected requeue, or a crash that says so)."""
+
+    @property
+    def open(self) -> bool:
+        """Still running: neither ended nor settled."""
+        return self.end is None and self.settled is None
+
+    @property
+    def started(self) -> datetime | None:
+        return self.steps[0][1] if self.steps else None
+
+    def durations(self) -> dict[str, float]:
+        """Seconds from the step before to each step (the first step has none)."""
+        return {
+            event: (when - before).total_seconds()
+            for (_, before), (event, when) in zip(self.steps, self.steps[1:], strict=False)
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The SPEC §10 shape of a visit."""
+        forwarded = self.end.target if isinstance(self.end, Forwarded) else None
+        crash = self.end if isinstance(self.end, Crashed) else None
+        return {
+            "stage": self.stage.as_dict() if self.stage else None,
+            "nodeId": self.node_id,
+            "attempt": self.attempt,
+            "steps": {event: _rfc3339(when) for event, when in self.steps},
+            "durations": self.durations(),
+            "outcome": self.outcome,
+            "crash": {"kind": crash.kind, "detail": crash.detail} if crash else None,
+            "forwardedTo": forwarded.as_dict() if forwarded else None,
+            "settled": self.settled,
+            "requeued": self.requeued,
+        }
+
+
+@dataclass(frozen=True)
+class Journey:
+    """A task's journey: every stage visit, in the order they began, and its fields."""
+
+    task_id: str
+    visits: tuple[StageVisit, ...] = ()
+    owner: str | None = None
+    file_path: str | None = None
+    timeout: float | None = None
+    first_seen: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def current(self) -> StageVisit | None:
+        """The stage the task is at: the latest visit, while it runs."""
+        if self.visits and self.visits[-1].open:
+            return self.visits[-1]
+        return None
+
+    @property
+    def last(self) -> StageVisit | None:
+        return self.visits[-1] if self.visits else None
+
+    @property
+    def passed(self) -> tuple[StageVisit, ...]:
+        """The visits the task went through and on: those that forwarded or completed."""
+        return tuple(v for v in self.visits if isinstance(v.end, Forwarded | Completed))
+
+    @property
+    def end(self) -> End | None:
+        """How the latest visit ended; None while it runs (or if its end was not seen)."""
+        last = self.last
+        return last.end if last is not None else None
+
+    def state(self) -> State:
+        """Where the task stands, without the clock (see `state_at` for `stuck`)."""
+        last = self.last
+        if last is None:
+            return State.WAITING
+        end = last.end
+        if isinstance(end, Forwarded):
+            return State.DELIVERED if end.final else State.WAITING
+        if isinstance(end, Completed) or (end is None and last.settled == Event.ACKED):
+            return State.PASSED if last.outcome == "pass" else State.FAILED
+        if isinstance(end, Crashed) or last.settled == Event.REJECTED:
+            return State.WAITING if last.requeued else State.CRASHED
+        return State.RUNNING
+
+    @property
+    def stage(self) -> StageKey | None:
+        """Where the task is: the stage it waits at or runs in, ended at, or went to."""
+        last = self.last
+        if last is None:
+            return None
+        if isinstance(last.end, Forwarded) and last.end.target is not None:
+            return last.end.target
+        return last.stage
+
+    def stuck_at(self, stuck_after: timedelta) -> datetime | None:
+        """When the task counts as stuck if nothing changes: waiting `stuck_after` since its
+        last change, or running past its own timeout plus `stuck_after`; None once ended."""
+        state, last = self.state(), self.last
+        if state == State.WAITING and self.updated_at is not None:
+            return self.updated_at + stuck_after
+        if state == State.RUNNING and last is not None and last.started is not None:
+            return last.started + timedelta(seconds=self.timeout or 0) + stuck_after
+        return None
+
+    def state_at(self, now: datetime, stuck_after: timedelta) -> State:
+        stuck_at = self.stuck_at(stuck_after)
+        return State.STUCK if stuck_at is not None and stuck_at <= now else self.state()
+
+
+def journey(task_id: str, notices: Iterable[Notice]) -> Journey:
+    """The journey its notices tell, the same in whatever order or how often they came."""
+    unique = {notice.identity: notice for notice in notices if notice.task_id == task_id}
+    folded = Journey(task_id)
+    for notice in sorted(unique.values(), key=Notice.order):
+        folded = _fold(folded, notice)
+    return folded
+
+
+def _fold(view: Journey, notice: Notice) -> Journey:
+    """The journey after one more notice, taken in the order things happened.
+
+    A notice joins the latest visit of the stage it names. `received` starts a new visit:
+    the next attempt of that stage after a crash, a reject or a node that vanished, or a
+    first attempt when the stage's latest visit went on (a tree may come back to a stage).
+    """
+    stage, event = notice.stage, notice.event
+    view = _fields(view, notice)
+    index = _latest_visit(view, stage)
+    if index is None or event == Event.RECEIVED:
+        attempt = 1
+        if index is not None:
+            before = view.visits[index]
+            went_on = isinstance(before.end, Forwarded | Completed)
+            attempt = 1 if went_on or before.settled == Event.ACKED else before.attempt + 1
+        visit = StageVisit(stage, event, attempt, notice.node_id)
+        return _put(view, len(view.visits), _changed(visit, notice))
+    return _put(view, index, _changed(view.visits[index], notice))
+
+
+def _fields(view: Journey, notice: Notice) -> Journey:
+    body, when = notice.body, notice.timestamp
+    owner, path, timeout = body.get("taskOwnerId"), body.get("filePath"), body.get("timeout")
+    return replace(
+        view,
+        owner=owner if isinstance(owner, str) else view.owner,
+        file_path=path if isinstance(path, str) else view.file_path,
+        timeout=timeout
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        else view.timeout,
+        first_seen=view.first_seen or when,
+        updated_at=when or view.updated_at,
+    )
+
+
+def _latest_visit(view: Journey, stage: StageKey | None) -> int | None:
+    for index in range(len(view.visits) - 1, -1, -1):
+        if view.visits[index].stage == stage:
+            return index
+    return None
+
+
+def _put(view: Journey, index: int, visit: StageVisit) -> Journey:
+    """The journey with the visit at `index` replaced, or appended when `index` is the end."""
+    visits = [*view.visits[:index], visit, *view.visits[index + 1 :]]
+    return replace(view, visits=tuple(visits))
+
+
+def _changed(visit: StageVisit, notice: Notice) -> StageVisit:
+    """What one notice adds to its stage visit; a repeated step adds nothing new."""
+    event = notice.event
+    visit = replace(visit, last_event=event, node_id=visit.node_id or notice.node_id)
+    when = notice.timestamp
+    if when is not None and event not in dict(visit.steps):
+        visit = replace(visit, steps=(*visit.steps, (event, when)))
+    if event == Event.EXECUTION_FINISHED:
+        return replace(visit, outcome=notice.outcome)
+    if event == Event.FORWARDED:
+        target = StageKey.of(notice.body.get("target"))
+        return replace(visit, end=Forwarded(target, _final(notice.body, target)))
+    if event == Event.COMPLETED:
+        return replace(visit, end=Completed())
+    if event == Event.CRASHED:
+        crash = notice.crash
+        return replace(visit, end=crash, requeued=visit.requeued or crash.requeued)
+    if event == Event.ACKED:
+        return replace(visit, settled=event)
+    if event == Event.REJECTED:
+        return replace(visit, settled=event, requeued=visit.requeued or notice.requeued)
+    return visit
+
+
+def _final(body: dict[str, Any], target: StageKey | None) -> bool:
+    """Whether the forward went to a routing node without further decisions."""
+    tree = body.get("routingTree")
+    if target is None or not isinstance(tree, dict):
+        return False
+    branches = (tree.get("successRoutingDecision"), tree.get("failureRoutingDecision"))
+    for branch in branches:
+        if isinstance(branch, dict) and StageKey.of(branch) == target:
+            return not branch.get("successRoutingDecision") and not branch.get(
+                "failureRoutingDecision"
+            )
+    return False
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def journey_dict(view: Journey, state: State) -> dict[str, Any]:
+    """The SPEC §10 shape of one task's journey, as the API and `status --json` give it."""
+    stage = view.stage
+    return {
+        "taskId": view.task_id,
+        "taskOwnerId": view.owner,
+        "filePath": view.file_path,
+        "state": state.value,
+        "stage": stage.as_dict() if stage else None,
+        "firstSeen": _rfc3339(view.first_seen) if view.first_seen else None,
+        "updatedAt": _rfc3339(view.updated_at) if view.updated_at else None,
+        "visits": [visit.as_dict() for visit in view.visits],
+    }
+
+
+@dataclass
+class Board:
+    """Every task seen, by id, in the order first seen, with the notices that tell it."""
+
+    tasks: dict[str, Journey] = field(default_factory=dict)
+    _notices: dict[str, dict[str, Notice]] = field(default_factory=dict)
+
+    def apply(self, notice: Notice) -> Journey | None:
+        """Add the notice to its task: the new journey, or None if nothing changed
+        (a repeat, or a notice without a task id, which no journey can hold)."""
+        task_id = notice.task_id
+        if task_id is None:
+            return None
+        known = self._notices.setdefault(task_id, {})
+        if notice.identity in known:
+            return None
+        known[notice.identity] = notice
+        before = self.tasks.get(task_id)
+        after = self.tasks[task_id] = journey(task_id, known.values())
+        if before is not None and after.visits == before.visits:
+            return None
+        return after
