@@ -104,3 +104,11 @@ build_executor_images() {
     "$VENV/bin/ulos-py" executors build --registry "$ROOT/executors/registry.toml" >"$RUN_DIR/build.log" 2>&1 \
         || { tail -n 20 "$RUN_DIR/build.log" >&2; die "building the executor images failed (full log: $RUN_DIR/build.log)"; }
 }
+
+ensure_postgres() {
+    # The tracker's tests start a private PostgreSQL cluster of their own (tests/postgres.py)
+    # from the Debian packages; nothing here starts the packaged one.
+    local pg_bin="${ULOS_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}"
+    [ -x "$pg_bin/initdb" ] || apt_install postgresql
+    [ -x "$pg_bin/initdb" ] || die "PostgreSQL is installed but $pg_bin/initdb is missing (set ULOS_TEST_PG_BIN)"
+}

@@ -25,6 +25,8 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import ThreadedFTPServer
 
+from tests.postgres import Postgres, start_postgres
+
 BROKER_HOST = os.environ.get("ULOS_TEST_BROKER_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("ULOS_TEST_BROKER_PORT", "5672"))
 BROKER_USER = os.environ.get("ULOS_TEST_BROKER_USERNAME", "guest")
@@ -241,3 +243,18 @@ from tests.tls_servers import (  # noqa: E402, F401
     tls_broker,
     tls_certificates,
 )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A private PostgreSQL cluster for the session (see tests/postgres.py)."""
+    yield from start_postgres()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty tracker database: a SQLite file, or a database of the private cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tracker.sqlite3'}"
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.create_database()

@@ -1,0 +1,156 @@
+"""The tracker's store and queries, each test on a real SQLite file and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from tests.journeys import T0, Node
+from ulos_py.journey import Notice, State
+from ulos_py.tracker import queries
+from ulos_py.tracker.queries import TaskFilter
+from ulos_py.tracker.store import Incoming, Store
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(database_url, stuck_after=timedelta(minutes=5))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def incoming(notices: list[Notice]) -> list[Incoming]:
+    return [Incoming(json.dumps(n.body).encode(), "logs-exchange", "logs") for n in notices]
+
+
+async def test_a_journey_is_stored_once_whatever_the_order_and_copies(store: Store) -> None:
+    node = Node("t1")
+    notices = [*node.stage(("a", "b")), *Node("t1", "n2", 50).stage(("b",), outcome="fail")]
+    copies = [*notices, *notices[:4]]
+    random.Random(7).shuffle(copies)
+    for start in range(0, len(copies), 5):  # batches, in any order
+        await store.add(incoming(copies[start : start + 5]))
+    await store.add(incoming(notices))  # redelivered all over again
+    assert (await queries.counts(store))["notices"] == len(notices)
+    task = await queries.task_journey(store, "t1", now=T0)
+    assert task is not None
+    assert task["state"] == "failed"
+    assert task["taskOwnerId"] == "alice"
+    assert task["stage"] == {"exchange": "processing", "routingKey": "b"}
+    assert [(v["stage"]["routingKey"], v["nodeId"], v["attempt"]) for v in task["visits"]] == [
+        ("a", "n1", 1),
+        ("b", "n2", 1),
+    ]
+    assert task["visits"][0]["forwardedTo"] == {"exchange": "processing", "routingKey": "b"}
+    assert task["visits"][1]["outcome"] == "fail"
+    assert task["visits"][0]["steps"]["received"] == "2025-03-01T12:00:00.001Z"
+    assert await queries.task_journey(store, "nope") is None
+
+
+async def test_a_body_that_is_not_a_notice_is_kept_and_counted(store: Store) -> None:
+    odd = [Incoming(b"\xff not json", "crash-exchange", "crash"), Incoming(b"[1, 2]")]
+    await store.add([*odd, odd[0], *incoming(Node("t1").stage(("a",)))])
+    assert await queries.counts(store) == {"notices": 7, "unreadable": 2, "tasks": 1}
+
+
+async def _tasks(store: Store, count: int) -> None:
+    """`count` tasks of two owners, a millisecond of updates apart, alternately passing and
+    failing, at stage a or b."""
+    notices: list[Notice] = []
+    for i in range(count):
+        owner_node = Node(f"task-{i:03}", start=i * 20)
+        stage = owner_node.stage(("a" if i % 2 else "b",), outcome="pass" if i % 3 else "fail")
+        for notice in stage:
+            notice.body["taskOwnerId"] = "bob" if i % 2 else "alice"
+        notices.extend(stage)
+    await store.add(incoming(notices))
+
+
+async def test_the_list_pages_newest_first_with_a_cursor(store: Store) -> None:
+    await _tasks(store, 25)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await queries.task_list(store, TaskFilter(), limit=10, cursor=cursor)
+        seen += [item["taskId"] for item in page.items]
+        if page.next is None:
+            break
+        cursor = page.next
+    assert seen == [f"task-{i:03}" for i in reversed(range(25))]
+
+
+async def test_the_list_filters_by_owner_state_stage_time_and_text(store: Store) -> None:
+    await _tasks(store, 12)
+
+    async def ids(**given: object) -> set[str]:
+        page = await queries.task_list(store, TaskFilter(**given), limit=100)  # type: ignore[arg-type]
+        return {item["taskId"] for item in page.items}
+
+    odd = {f"task-{i:03}" for i in range(12) if i % 2}
+    assert await ids(owner="bob") == odd
+    assert await ids(stage="a") == odd
+    assert await ids(state=State.FAILED) == {f"task-{i:03}" for i in (0, 3, 6, 9)}
+    assert await ids(text="TASK-01") == {"task-010", "task-011"}
+    assert await ids(text="%") == set()  # a LIKE wildcard is only a character
+    assert await ids(since=T0 + timedelta(milliseconds=200)) == {"task-010", "task-011"}
+    assert await ids(until=T0 + timedelta(milliseconds=20)) == {"task-000"}
+
+
+async def test_waiting_too_long_is_stuck_and_listed(store: Store) -> None:
+    await store.add(incoming(Node("w").stage(("a", "b", "c"))))
+    later = T0 + timedelta(minutes=6)
+    task = await queries.task_journey(store, "w", now=later)
+    assert task is not None
+    assert task["state"] == "stuck"
+    assert [t["taskId"] for t in await queries.stuck_tasks(store, now=later)] == ["w"]
+    assert await queries.stuck_tasks(store, now=T0) == []
+    stuck = await queries.task_list(store, TaskFilter(state=State.STUCK), now=later)
+    waiting = await queries.task_list(store, TaskFilter(state=State.WAITING), now=later)
+    assert ([i["taskId"] for i in stuck.items], waiting.items) == (["w"], [])
+
+
+async def test_stats_give_counts_quantiles_and_throughput_per_stage(store: Store) -> None:
+    await _tasks(store, 20)
+    stats = await queries.stage_stats(store, T0, T0 + timedelta(minutes=1))
+    by_key = {s["stage"]["routingKey"]: s for s in stats}
+    assert by_key["a"]["visits"] == 10
+    assert by_key["b"]["outcomes"] == {"fail": 4, "pass": 6}
+    assert by_key["a"]["steps"]["downloaded"] == {"p50": 0.001, "p95": 0.001}
+    assert by_key["a"]["throughputPerMinute"] == 10.0
+
+
+async def test_nodes_count_visits_and_crashes(store: Store) -> None:
+    node = Node("c", node_id="n9")
+    error = {"kind": "execution", "detail": "boom"}
+    await store.add(incoming([node.say("received", "a"), node.say("crashed", "a", error=error)]))
+    await store.add(incoming(Node("p", node_id="n9", start=10).stage(("a",))))
+    [seen] = await queries.node_list(store)
+    assert (seen["nodeId"], seen["visits"], seen["crashes"]) == ("n9", 2, 1)
+    assert seen["lastSeen"] == "2025-03-01T12:00:00.017Z"
+
+
+async def test_retention_forgets_finished_tasks_only(store: Store) -> None:
+    await store.add(incoming([*Node("done").stage(("a",)), *Node("open").stage(("a", "b", "c"))]))
+    purged = await store.purge(timedelta(days=1), now=T0 + timedelta(days=2))
+    assert purged == 1
+    assert await queries.task_journey(store, "done") is None
+    assert await queries.task_journey(store, "open") is not None
+    assert (await queries.counts(store))["notices"] == 7
+
+
+async def test_the_schema_migrates_once_and_opens_again(database_url: str) -> None:
+    first = await Store.open(database_url)
+    await first.add(incoming(Node("t").stage(("a",))))
+    await first.close()
+    again = await Store.open(database_url)
+    try:
+        assert (await queries.counts(again))["tasks"] == 1
+        assert await again.writable()
+    finally:
+        await again.close()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the tracker's database, applied by the tracker at start."""

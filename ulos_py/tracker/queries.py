@@ -1,0 +1,242 @@
+"""What the tracker answers, read from the derived tables: one place for every query, so the
+HTTP layer only parses and formats (and the queries are tested alone, on both databases).
+
+`stuck` is the one state that depends on the clock: a row keeps its state without the clock
+and the time it becomes stuck (`stuck_at`), and every query compares that with `now`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
+
+from ulos_py.errors import UlosError
+from ulos_py.journey import OPEN_STATES, State
+from ulos_py.tracker.schema import notices, tasks, unreadable, visits
+from ulos_py.tracker.store import Store
+
+
+class BadCursor(UlosError):
+    """A pagination cursor this tracker did not hand out."""
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """The task list's filters; None means any."""
+
+    owner: str | None = None
+    state: State | None = None
+    stage: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next: str | None
+
+
+def _state_of(row: Any, now: datetime) -> str:
+    stuck_at = row.stuck_at
+    return State.STUCK.value if stuck_at is not None and stuck_at <= now else str(row.state)
+
+
+def _rfc3339(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _summary(row: Any, now: datetime) -> dict[str, Any]:
+    stage = (
+        {"exchange": row.stage_exchange, "routingKey": row.stage_key}
+        if row.stage_key is not None
+        else None
+    )
+    return {
+        "taskId": row.task_id,
+        "taskOwnerId": row.owner,
+        "filePath": row.file_path,
+        "state": _state_of(row, now),
+        "stage": stage,
+        "firstSeen": _rfc3339(row.first_seen),
+        "updatedAt": _rfc3339(row.updated_at),
+    }
+
+
+def _state_clause(state: State, now: datetime) -> ColumnElement[bool]:
+    if state == State.STUCK:
+        return tasks.c.stuck_at <= now
+    clause = tasks.c.state == state.value
+    if state in OPEN_STATES:
+        return and_(clause, or_(tasks.c.stuck_at.is_(None), tasks.c.stuck_at > now))
+    return clause
+
+
+def _where(filters: TaskFilter, now: datetime) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if filters.owner is not None:
+        where.append(tasks.c.owner == filters.owner)
+    if filters.state is not None:
+        where.append(_state_clause(filters.state, now))
+    if filters.stage is not None:
+        where.append(tasks.c.stage_key == filters.stage)
+    if filters.since is not None:
+        where.append(tasks.c.updated_at >= filters.since)
+    if filters.until is not None:
+        where.append(tasks.c.updated_at < filters.until)
+    if filters.text:
+        needle = filters.text.lower()
+        columns = (tasks.c.task_id, tasks.c.owner, tasks.c.file_path, tasks.c.stage_key)
+        where.append(or_(*(func.lower(c).contains(needle, autoescape=True) for c in columns)))
+    return where
+
+
+def _cursor(row: Any) -> str:
+    raw = json.dumps([row.updated_at.isoformat(), row.task_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _after(cursor: str) -> ColumnElement[bool]:
+    try:
+        when, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        updated = datetime.fromisoformat(when)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadCursor(f"cursor {cursor!r} is not one this tracker gave") from exc
+    return or_(
+        tasks.c.updated_at < updated,
+        and_(tasks.c.updated_at == updated, tasks.c.task_id < str(task_id)),
+    )
+
+
+async def task_list(
+    store: Store,
+    filters: TaskFilter,
+    limit: int = 50,
+    cursor: str | None = None,
+    now: datetime | None = None,
+) -> Page:
+    """Tasks newest change first, `limit` at a time; `next` continues after the last."""
+    now = now or datetime.now(UTC)
+    where = _where(filters, now)
+    if cursor is not None:
+        where.append(_after(cursor))
+    query = select(tasks).where(*where).order_by(tasks.c.updated_at.desc(), tasks.c.task_id.desc())
+    async with store.engine.connect() as conn:
+        rows = list(await conn.execute(query.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page([_summary(row, now) for row in rows], _cursor(rows[-1]) if more else None)
+
+
+async def task_journey(
+    store: Store, task_id: str, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """One task's fields, state and visits (SPEC §10); None for an unknown task."""
+    now = now or datetime.now(UTC)
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
+    if row is None:
+        return None
+    return {**_summary(row, now), "visits": json.loads(row.visits)}
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if len(values) == 1:
+        return {"p50": values[0], "p95": values[0]}
+    cuts = statistics.quantiles(values, n=20, method="inclusive")
+    return {"p50": cuts[9], "p95": cuts[18]}
+
+
+@dataclass
+class _StageTally:
+    visits: int = 0
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    crashes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    steps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    finished: int = 0
+
+
+async def stage_stats(store: Store, since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """Per stage, over the visits begun in [since, until): counts by outcome and crash kind,
+    p50/p95 seconds of each step (from the step before), and finished visits per minute."""
+    query = select(visits).where(visits.c.started_at >= since, visits.c.started_at < until)
+    tally: dict[tuple[str | None, str | None], _StageTally] = defaultdict(_StageTally)
+    async with store.engine.connect() as conn:
+        for row in await conn.execute(query):
+            stage = tally[(row.stage_exchange, row.stage_key)]
+            stage.visits += 1
+            stage.outcomes[row.outcome or "none"] += 1
+            if row.crash_kind is not None:
+                stage.crashes[row.crash_kind] += 1
+            if row.outcome is not None or row.crash_kind is not None:
+                stage.finished += 1
+            for step, seconds in json.loads(row.durations).items():
+                stage.steps[step].append(seconds)
+    minutes = max((until - since).total_seconds() / 60, 1e-9)
+    return [
+        {
+            "stage": {"exchange": exchange, "routingKey": key} if key is not None else None,
+            "visits": t.visits,
+            "outcomes": dict(t.outcomes),
+            "crashes": dict(t.crashes),
+            "steps": {step: _quantiles(values) for step, values in t.steps.items()},
+            "throughputPerMinute": t.finished / minutes,
+        }
+        for (exchange, key), t in sorted(tally.items(), key=lambda item: str(item[0]))
+    ]
+
+
+async def node_list(store: Store) -> list[dict[str, Any]]:
+    """Every node seen: its last notice, the visits it handled and how many crashed."""
+    crashed = func.sum(case((visits.c.crash_kind.is_not(None), 1), else_=0))
+    query = (
+        select(visits.c.node_id, func.max(visits.c.last_at), func.count(), crashed)
+        .where(visits.c.node_id.is_not(None))
+        .group_by(visits.c.node_id)
+        .order_by(visits.c.node_id)
+    )
+    async with store.engine.connect() as conn:
+        rows = list(await conn.execute(query))
+    return [
+        {"nodeId": node, "lastSeen": _rfc3339(last), "visits": count, "crashes": int(crashes)}
+        for node, last, count, crashes in rows
+    ]
+
+
+async def stuck_tasks(store: Store, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Tasks stuck now, the longest stuck first."""
+    now = now or datetime.now(UTC)
+    query = select(tasks).where(tasks.c.stuck_at <= now).order_by(tasks.c.stuck_at)
+    async with store.engine.connect() as conn:
+        rows = list(await conn.execute(query.limit(1000)))
+    return [{**_summary(row, now), "stuckSince": _rfc3339(row.stuck_at)} for row in rows]
+
+
+async def owner_tasks(store: Store, owner: str, now: datetime | None = None) -> list[Any]:
+    """Every task of one owner, oldest first, with its visits (for the grade sheet)."""
+    now = now or datetime.now(UTC)
+    query = select(tasks).where(tasks.c.owner == owner).order_by(tasks.c.first_seen)
+    async with store.engine.connect() as conn:
+        rows = list(await conn.execute(query))
+    return [{**_summary(row, now), "visits": json.loads(row.visits)} for row in rows]
+
+
+async def counts(store: Store) -> dict[str, int]:
+    """How much is stored: notices, bodies that were not notices, and tasks."""
+    async with store.engine.connect() as conn:
+        stored = [
+            (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+            for table in (notices, unreadable, tasks)
+        ]
+    return dict(zip(("notices", "unreadable", "tasks"), stored, strict=True))

@@ -1,0 +1,103 @@
+"""The tracker's tables, one definition for SQLite and PostgreSQL (the migrations follow it).
+
+`notices` is the record: every notice body once (its key is the hash of its canonical body,
+so a redelivered copy is stored once). `tasks` and `visits` are derived from it by the
+journey fold after every batch, and are what the queries read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out: SQLite keeps no zone, so it stores naive UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+metadata = MetaData()
+
+notices = Table(
+    "notices",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("task_id", Text, nullable=True, index=True),
+    Column("stored_at", UtcDateTime, nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+unreadable = Table(
+    "unreadable",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("stored_at", UtcDateTime, nullable=False),
+    Column("exchange", Text, nullable=False),
+    Column("routing_key", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", Text, primary_key=True),
+    Column("owner", Text, nullable=True, index=True),
+    Column("file_path", Text, nullable=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("stage_exchange", Text, nullable=True),
+    Column("stage_key", Text, nullable=True, index=True),
+    Column("first_seen", UtcDateTime, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("stuck_at", UtcDateTime, nullable=True, index=True),
+    Column("visits", Text, nullable=False),
+    Index("tasks_newest", "updated_at", "task_id"),
+)
+
+visits = Table(
+    "visits",
+    metadata,
+    Column("task_id", Text, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("stage_exchange", Text, nullable=True),
+    Column("stage_key", Text, nullable=True),
+    Column("node_id", Text, nullable=True, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", UtcDateTime, nullable=True, index=True),
+    Column("last_at", UtcDateTime, nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Column("crash_kind", String(32), nullable=True),
+    Column("seconds", Float, nullable=True),
+    Column("durations", Text, nullable=False),
+)

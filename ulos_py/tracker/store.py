@@ -1,0 +1,231 @@
+"""The tracker's database: one code path over SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+Writing is `add`: one transaction stores a batch of notices (each once, by the hash of its
+canonical body) and re-derives the journey of every task they touch from all of that task's
+notices, so the stored journey is the pure fold's, whatever order the notices came in.
+Reading is the queries in `queries.py`. The schema is migrated with Alembic at `open`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, delete, event, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ulos_py.errors import ConfigError
+from ulos_py.journey import Journey, Notice, State, journey
+from ulos_py.tracker.schema import notices, tasks, unreadable, visits
+
+DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
+FINAL_STATES = frozenset({State.PASSED, State.FAILED, State.CRASHED, State.DELIVERED})
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message from the tracker's queue: where it came from and its body untouched."""
+
+    body: bytes
+    exchange: str = ""
+    routing_key: str = ""
+
+
+def async_url(url: str) -> str:
+    """The URL with the async driver: `sqlite:///f` → aiosqlite, `postgresql://` → asyncpg."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"ULOS_TRACKER_DATABASE: not a database URL: {exc}") from exc
+    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    backend = parsed.get_backend_name()
+    if backend not in drivers:
+        raise ConfigError(
+            f"ULOS_TRACKER_DATABASE: {backend!r} is not supported (sqlite:///FILE or "
+            "postgresql://USER:PASSWORD@HOST/DB)"
+        )
+    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
+
+
+def _migrate(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", "ulos_py.tracker:migrations")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: object) -> None:
+    """WAL lets the API read while the ingest writes; a busy wait instead of 'locked'."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Store:
+    """The tracker's database, open and migrated."""
+
+    def __init__(self, engine: AsyncEngine, stuck_after: timedelta) -> None:
+        self.engine = engine
+        self.stuck_after = stuck_after
+
+    @classmethod
+    async def open(cls, url: str, stuck_after: timedelta = timedelta(minutes=10)) -> Store:
+        """Connect and bring the schema up to date (Alembic, in one transaction)."""
+        engine = create_async_engine(async_url(url), pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_migrate)
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            raise ConfigError(f"ULOS_TRACKER_DATABASE: cannot open or migrate: {exc}") from exc
+        return cls(engine, stuck_after)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def add(self, batch: Sequence[Incoming]) -> list[Journey]:
+        """Store a batch in one transaction; the journeys of the tasks it touched."""
+        now = datetime.now(UTC)
+        found: list[tuple[str, Notice]] = []
+        odd: list[dict[str, Any]] = []
+        for message in batch:
+            notice = _notice(message.body)
+            if notice is None:
+                odd.append(_unreadable_row(message, now))
+            else:
+                found.append((_key(notice.identity.encode()), notice))
+        async with self.engine.begin() as conn:
+            if found:
+                rows = [
+                    {"key": k, "task_id": n.task_id, "stored_at": now, "body": n.identity}
+                    for k, n in found
+                ]
+                await conn.execute(self._insert_new(notices, "key"), rows)
+            if odd:
+                await conn.execute(self._insert_new(unreadable, "key"), odd)
+            touched = sorted({n.task_id for _, n in found if n.task_id is not None})
+            return await self._derive(conn, touched) if touched else []
+
+    def _insert_new(self, table: Any, key: str) -> Any:
+        """An INSERT that skips rows whose key is already stored (a redelivered notice)."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+
+    async def _derive(self, conn: AsyncConnection, task_ids: list[str]) -> list[Journey]:
+        """Fold each task's notices again and replace its task row and visits."""
+        bodies: dict[str, list[Notice]] = defaultdict(list)
+        query = select(notices.c.task_id, notices.c.body).where(notices.c.task_id.in_(task_ids))
+        for task_id, body in await conn.execute(query):
+            bodies[task_id].append(Notice(json.loads(body)))
+        journeys = [journey(task_id, bodies[task_id]) for task_id in task_ids]
+        await conn.execute(delete(tasks).where(tasks.c.task_id.in_(task_ids)))
+        await conn.execute(delete(visits).where(visits.c.task_id.in_(task_ids)))
+        await conn.execute(insert(tasks), [self._task_row(view) for view in journeys])
+        visit_rows = [row for view in journeys for row in _visit_rows(view)]
+        if visit_rows:
+            await conn.execute(insert(visits), visit_rows)
+        return journeys
+
+    def _task_row(self, view: Journey) -> dict[str, Any]:
+        stage = view.stage
+        return {
+            "task_id": view.task_id,
+            "owner": view.owner,
+            "file_path": view.file_path,
+            "state": view.state().value,
+            "stage_exchange": stage.exchange if stage else None,
+            "stage_key": stage.routing_key if stage else None,
+            "first_seen": view.first_seen,
+            "updated_at": view.updated_at or datetime.now(UTC),
+            "stuck_at": view.stuck_at(self.stuck_after),
+            "visits": json.dumps([visit.as_dict() for visit in view.visits]),
+        }
+
+    async def writable(self) -> bool:
+        """Whether a write transaction goes through now (for /healthz)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(delete(unreadable).where(unreadable.c.id == -1))
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
+
+    async def purge(self, retention: timedelta, now: datetime | None = None) -> int:
+        """Forget finished tasks last changed before the retention window; how many."""
+        cutoff = (now or datetime.now(UTC)) - retention
+        old = select(tasks.c.task_id).where(
+            tasks.c.updated_at < cutoff, tasks.c.state.in_([s.value for s in FINAL_STATES])
+        )
+        async with self.engine.begin() as conn:
+            ids = [row[0] for row in await conn.execute(old)]
+            for chunk in _chunks(ids, 500):
+                await conn.execute(delete(notices).where(notices.c.task_id.in_(chunk)))
+                await conn.execute(delete(visits).where(visits.c.task_id.in_(chunk)))
+                await conn.execute(delete(tasks).where(tasks.c.task_id.in_(chunk)))
+        return len(ids)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+
+def _notice(raw: bytes) -> Notice | None:
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return Notice(body) if isinstance(body, dict) else None
+
+
+def _key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _unreadable_row(message: Incoming, now: datetime) -> dict[str, Any]:
+    return {
+        "key": _key(message.body),
+        "stored_at": now,
+        "exchange": message.exchange,
+        "routing_key": message.routing_key,
+        "body": message.body,
+    }
+
+
+def _visit_rows(view: Journey) -> Iterable[dict[str, Any]]:
+    for seq, visit in enumerate(view.visits):
+        crash = visit.as_dict()["crash"]
+        last = visit.steps[-1][1] if visit.steps else None
+        started = visit.started
+        yield {
+            "task_id": view.task_id,
+            "seq": seq,
+            "stage_exchange": visit.stage.exchange if visit.stage else None,
+            "stage_key": visit.stage.routing_key if visit.stage else None,
+            "node_id": visit.node_id,
+            "attempt": visit.attempt,
+            "started_at": started,
+            "last_at": last,
+            "outcome": visit.outcome,
+            "crash_kind": crash["kind"] if crash else None,
+            "seconds": (last - started).total_seconds() if last and started else None,
+            "durations": json.dumps(visit.durations()),
+        }
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
