@@ -9,8 +9,10 @@ from ulos_py.cli.executors import executors
 from ulos_py.cli.node import node
 from ulos_py.cli.publish import publish
 from ulos_py.cli.schema import schema
+from ulos_py.cli.status import status
 from ulos_py.cli.storage import storage
 from ulos_py.cli.topology import topology
+from ulos_py.cli.tracker import tracker
 from ulos_py.cli.validate import validate
 from ulos_py.cli.watch import watch
 
@@ -25,8 +27,10 @@ cli.add_command(executors)
 cli.add_command(node)
 cli.add_command(publish)
 cli.add_command(schema)
+cli.add_command(status)
 cli.add_command(storage)
 cli.add_command(topology)
+cli.add_command(tracker)
 cli.add_command(validate)
 cli.add_command(watch)
 

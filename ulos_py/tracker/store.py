@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
@@ -30,6 +30,17 @@ from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 
 DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
 FINAL_STATES = frozenset({State.PASSED, State.FAILED, State.CRASHED, State.DELIVERED})
+
+
+class Message(Protocol):
+    """What the store needs of a message from the tracker's queue."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,7 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def add(self, batch: Sequence[Incoming]) -> list[Journey]:
+    async def add(self, batch: Sequence[Message]) -> list[Journey]:
         """Store a batch in one transaction; the journeys of the tasks it touched."""
         now = datetime.now(UTC)
         found: list[tuple[str, Notice]] = []
@@ -195,7 +206,7 @@ def _key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _unreadable_row(message: Incoming, now: datetime) -> dict[str, Any]:
+def _unreadable_row(message: Message, now: datetime) -> dict[str, Any]:
     return {
         "key": _key(message.body),
         "stored_at": now,

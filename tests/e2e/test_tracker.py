@@ -1,0 +1,211 @@
+"""The real `ulos-py tracker` process beside a real node, on both databases: journeys stored
+as they happen, a stopped tracker catching up from its queue, stuck and delivered states,
+what is not a notice kept and counted, and `ulos-py status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+
+from tests.conftest import Broker, FtpServer, Names
+from tests.e2e.conftest import ROOT, StartCli, settings_env
+from tests.harness import make_zip, node_settings, pipeline, running_node, stage, task
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tracker_env(names: Names, broker: Broker, database_url: str, port: int) -> dict[str, str]:
+    return settings_env(
+        {
+            "MESSAGE_BROKER_HOST": broker.host,
+            "MESSAGE_BROKER_PORT": broker.port,
+            "MESSAGE_BROKER_USERNAME": broker.username,
+            "MESSAGE_BROKER_PASSWORD": broker.password,
+            "ULOS_TRACKER_QUEUE": names.queue("tracker"),
+            "ULOS_TRACKER_PORT": port,
+            "ULOS_TRACKER_DATABASE": database_url,
+            "ULOS_TRACKER_STUCK_AFTER": 2,
+            "ULOS_LOG_FORMAT": "json",
+        }
+    )
+
+
+async def until(
+    check: Callable[[], Any], what: str, timeout: float = 30, every: float = 0.2
+) -> Any:
+    """Ask `check` until it gives something true; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+async def journey_in(
+    client: httpx.AsyncClient, task_id: str, *states: str, at: str | None = None
+) -> Any:
+    """The task's journey once it is in one of `states` (at stage `at`, when given)."""
+    answer = await client.get(f"/api/tasks/{task_id}")
+    if answer.status_code != 200 or answer.json()["state"] not in states:
+        return None
+    if at is not None and (answer.json()["stage"] or {}).get("routingKey") != at:
+        return None
+    return answer.json()
+
+
+async def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ulos-py status ARGS...`, the real console command."""
+    command = [sys.executable, "-m", "ulos_py", "status", *args]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
+    )
+
+
+@pytest.fixture
+async def tracker_queue(
+    names: Names, amqp: aio_pika.abc.AbstractRobustConnection
+) -> AsyncIterator[str]:
+    """The tracker's durable queue, bound like the sample topology's; deleted after."""
+    channel = await amqp.channel()
+    name = names.queue("tracker")
+    queue = await channel.declare_queue(name, durable=True)
+    try:
+        yield name
+    finally:
+        await queue.delete(if_unused=False, if_empty=False)
+        await channel.close()
+    _ = queue
+
+
+async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    tracker_queue: str,
+    database_url: str,
+    start_cli: StartCli,
+    tmp_path: Path,
+) -> None:
+    ex = names.exchange
+    port = free_port()
+    env = tracker_env(names, broker, database_url, port)
+    for key in ("a.zip", "b.zip", "c.zip"):
+        (ftp_server.root / key).write_bytes(make_zip({"main.py": "print(1)\n"}))
+    async with pipeline(names, amqp) as line:
+        channel = await amqp.channel()
+        queue = await channel.get_queue(tracker_queue)
+        await queue.bind(names.logs_exchange, "logs")
+        await queue.bind(names.crash_exchange, "crash")
+        tracker = start_cli("tracker", env=env)
+        settings = node_settings(names, broker, ftp_server, tmp_path / "work")
+        base = f"http://127.0.0.1:{port}"
+        async with running_node(settings), httpx.AsyncClient(base_url=base) as client:
+
+            async def healthy() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    assert tracker.poll() is None, tracker.stderr.read() if tracker.stderr else ""
+                    return False
+
+            await until(healthy, "the tracker answers /healthz")
+            # Delivered: forwarded to the end of its tree, where no node serves.
+            await line.publish(
+                task("t-delivered", "/a.zip", stage(ex, "skip", stage(ex, "next-key")))
+            )
+            done = await until(lambda: journey_in(client, "t-delivered", "delivered"), "delivered")
+            [visit] = done["visits"]
+            assert visit["stage"] == {"exchange": ex, "routingKey": "skip"}
+            assert visit["nodeId"] == f"{names.prefix}-node"
+            assert (visit["attempt"], visit["outcome"]) == (1, "pass")
+            assert visit["forwardedTo"] == {"exchange": ex, "routingKey": "next-key"}
+            assert {"received", "downloaded", "uploaded", "forwarded", "acked"} <= set(
+                visit["steps"]
+            )
+            assert done["stage"] == {"exchange": ex, "routingKey": "next-key"}
+
+            # The tracker stops; the node goes on; the notices wait in the tracker's queue.
+            tracker.send_signal(subprocess.signal.SIGTERM)
+            assert tracker.wait(timeout=30) == 0, tracker.stderr.read() if tracker.stderr else ""
+            waiting = stage(ex, "skip", stage(ex, "next-key", stage(ex, "failed-key")))
+            await line.publish(task("t-while-down", "/b.zip", waiting))
+            await line.logs_until("t-while-down", "acked")
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"\x00 not a notice"), routing_key=tracker_queue
+            )
+            tracker = start_cli("tracker", env=env)
+            await until(healthy, "the restarted tracker answers /healthz")
+            caught = await until(
+                lambda: journey_in(client, "t-while-down", "waiting", "stuck", at="next-key"),
+                "caught up",
+            )
+            assert caught["stage"] == {"exchange": ex, "routingKey": "next-key"}, caught
+            # Waiting at a stage with further decisions for longer than STUCK_AFTER: stuck.
+            await until(lambda: journey_in(client, "t-while-down", "stuck"), "stuck", timeout=10)
+            stuck = (await client.get("/api/stuck")).json()["items"]
+            assert [t["taskId"] for t in stuck] == ["t-while-down"]
+            counts = (await client.get("/api/counts")).json()
+            assert counts["unreadable"] == 1
+            assert counts["tasks"] == 2
+            listed = (await client.get("/api/tasks", params={"q": "t-"})).json()
+            assert [i["taskId"] for i in listed["items"]] == ["t-while-down", "t-delivered"]
+            nodes = (await client.get("/api/nodes")).json()["items"]
+            assert [(n["nodeId"], n["visits"]) for n in nodes] == [(f"{names.prefix}-node", 2)]
+            status = await status_cli("t-delivered", "--tracker", base)
+            assert status.returncode == 0, status.stderr
+            assert "delivered at next-key" in status.stdout
+            assert "skip  attempt 1" in status.stdout
+            as_json = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ulos_py",
+                    "status",
+                    "t-delivered",
+                    "--json",
+                    "--tracker",
+                    base,
+                ],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=30,
+                check=False,
+            )
+            assert json.loads(as_json.stdout) == (await client.get("/api/tasks/t-delivered")).json()
+            unknown = await status_cli("nope", "--tracker", base)
+            assert unknown.returncode == 3
+            assert "no task nope" in unknown.stderr
+        await channel.close()
+
+
+def test_a_missing_queue_stops_the_tracker_with_one_line(
+    names: Names, broker: Broker, start_cli: StartCli, tmp_path: Path
+) -> None:
+    env = tracker_env(names, broker, f"sqlite:///{tmp_path / 'x.sqlite3'}", free_port())
+    process = start_cli("tracker", env=env)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert f"ULOS_TRACKER_QUEUE: queue {names.queue('tracker')!r} does not exist" in err
+    assert "Traceback" not in err

@@ -1,0 +1,93 @@
+"""Consume → batch → commit → ack: how notices get from the tracker's queue into the store.
+
+Nothing is acked that is not stored: a batch is acked only after the transaction storing it
+has committed. While the database cannot be written the batch is retried with back-off and
+nothing is acked, so the broker keeps every notice (the prefetch window bounds what waits
+here); a killed tracker loses nothing either, since its unacked notices go back to the queue
+and a redelivered notice is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from ulos_py.journey import Journey
+from ulos_py.tracker.store import Message, Store
+
+log = structlog.get_logger(__name__)
+
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds between tries to store a batch while the database fails; the last repeats."""
+
+
+class Pending(Message, Protocol):
+    """A message taken from the queue and not yet acked."""
+
+    async def ack(self) -> bool: ...
+
+
+class Source(Protocol):
+    """Where notices come from: batches of pending messages (see adapters.notice_queue)."""
+
+    def batches(self, size: int, wait: float) -> AsyncIterator[Sequence[Pending]]: ...
+
+
+@dataclass
+class IngestStatus:
+    """What /healthz tells: whether notices are being stored, and the last trouble."""
+
+    consuming: bool = False
+    writable: bool = True
+    stored: int = 0
+    """Messages committed and acked since start."""
+    last_commit: datetime | None = None
+    problem: str | None = None
+
+
+async def ingest(
+    source: Source,
+    store: Store,
+    status: IngestStatus,
+    on_change: Callable[[list[Journey]], None],
+    size: int = 200,
+    wait: float = 0.05,
+) -> None:
+    """Store what the source gives, batch by batch, until cancelled."""
+    status.consuming = True
+    try:
+        async for batch in source.batches(size, wait):
+            journeys = await _commit(store, batch, status)
+            for message in batch:
+                await message.ack()
+            status.stored += len(batch)
+            on_change(journeys)
+    finally:
+        status.consuming = False
+
+
+async def _commit(store: Store, batch: Sequence[Pending], status: IngestStatus) -> list[Journey]:
+    """Store the batch, trying again until the database takes it."""
+    attempt = 0
+    while True:
+        try:
+            journeys = await store.add(batch)
+        except (SQLAlchemyError, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if status.writable:
+                log.error("tracker_cannot_store", reason=reason, waiting=len(batch))
+            status.writable, status.problem = False, f"cannot store notices: {reason}"
+            await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            attempt += 1
+            continue
+        if not status.writable:
+            log.info("tracker_storing_again")
+        status.writable, status.problem = True, None
+        status.last_commit = datetime.now(UTC)
+        return journeys

@@ -1,0 +1,103 @@
+"""The tracker's composition root: store, queue, ingest, HTTP server and retention, started
+together and stopped together on SIGTERM/SIGINT (unacked notices go back to the queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+
+import structlog
+import uvicorn
+from fastapi import APIRouter
+
+from ulos_py.adapters import rabbitmq
+from ulos_py.adapters.notice_queue import NoticeQueue
+from ulos_py.errors import ConfigError
+from ulos_py.tracker.api import Tracker, create_app
+from ulos_py.tracker.events import Changes
+from ulos_py.tracker.ingest import IngestStatus, ingest
+from ulos_py.tracker.settings import TrackerSettings
+from ulos_py.tracker.store import Store
+
+log = structlog.get_logger(__name__)
+
+PURGE_EVERY = 3600.0
+"""Seconds between two retention sweeps."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the tracker stops everything together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(settings: TrackerSettings) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"ULOS_TRACKER_HOST/ULOS_TRACKER_PORT: cannot listen on "
+            f"{settings.host}:{settings.port} ({exc.strerror or exc})"
+        ) from exc
+    return sock
+
+
+async def _purge(store: Store, settings: TrackerSettings) -> None:
+    while True:
+        forgotten = await store.purge(settings.retention)
+        if forgotten:
+            log.info("tracker_retention", forgotten=forgotten, days=settings.retention_days)
+        await asyncio.sleep(PURGE_EVERY)
+
+
+async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: APIRouter) -> None:
+    """Run until `stop` is set."""
+    sock = _listen(settings)
+    store = await Store.open(settings.database, settings.stuck_after)
+    address = rabbitmq.BrokerAddress.of(
+        settings, f"ulos-py tracker {socket.gethostname()}:{os.getpid()}"
+    )
+    connection = await rabbitmq.connect(address)
+    status, changes = IngestStatus(), Changes(settings.stuck_after)
+    tracker = Tracker(store, status, changes)
+    server = _Server(uvicorn.Config(create_app(tracker, *routers), log_level="warning"))
+    try:
+        queue = await NoticeQueue.open(connection, settings.queue, settings.batch_size * 2)
+        tracker.extras["connection"] = connection
+        tracker.extras["settings"] = settings
+        workers = [
+            asyncio.create_task(
+                ingest(
+                    queue, store, status, changes.publish, settings.batch_size, settings.batch_wait
+                )
+            ),
+            asyncio.create_task(_purge(store, settings)),
+            asyncio.create_task(server.serve(sockets=[sock])),
+        ]
+        host, port = sock.getsockname()[:2]
+        log.info("tracker_started", url=f"http://{host}:{port}", queue=settings.queue)
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopping, *workers], return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        for task in [*workers, stopping]:
+            if task is not workers[2]:
+                task.cancel()
+        await asyncio.wait(workers, timeout=10)
+        await queue.close()
+        for task in done:
+            if task is not stopping and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        await connection.close()
+        await store.close()
+        sock.close()
+        log.info("tracker_stopped")

@@ -1,0 +1,42 @@
+"""The tracker's typed settings: a node's connection variables plus ULOS_TRACKER_*."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr
+
+from ulos_py.settings import ConnectionSettings, Port
+from ulos_py.tracker.store import DEFAULT_DATABASE
+
+
+class TrackerSettings(ConnectionSettings):
+    """Everything `ulos-py tracker` reads at start; a bad value stops it with one line."""
+
+    queue: Annotated[str, Field(min_length=1)] = Field(alias="ULOS_TRACKER_QUEUE")
+    host: str = Field("127.0.0.1", alias="ULOS_TRACKER_HOST")
+    port: Port = Field(8400, alias="ULOS_TRACKER_PORT")
+    database: str = Field(DEFAULT_DATABASE, alias="ULOS_TRACKER_DATABASE", repr=False)
+    stuck_after_seconds: Annotated[float, Field(gt=0)] = Field(
+        600.0, alias="ULOS_TRACKER_STUCK_AFTER"
+    )
+    """Seconds a task may wait at a stage (or run past its own timeout) before it is stuck."""
+    retention_days: Annotated[float, Field(gt=0)] = Field(90.0, alias="ULOS_TRACKER_RETENTION_DAYS")
+    token: SecretStr | None = Field(None, alias="ULOS_TRACKER_TOKEN")
+    """Bearer token of POST /api/tasks; submitting is off without it."""
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(200, alias="ULOS_TRACKER_BATCH")
+    batch_wait: Annotated[float, Field(gt=0)] = Field(0.05, alias="ULOS_TRACKER_BATCH_WAIT")
+    output_max_bytes: Annotated[int, Field(ge=1)] = Field(
+        1 << 20, alias="ULOS_TRACKER_OUTPUT_MAX_BYTES"
+    )
+    log_format: Literal["auto", "console", "json"] = Field("auto", alias="ULOS_LOG_FORMAT")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="ULOS_LOG_LEVEL")
+
+    @property
+    def stuck_after(self) -> timedelta:
+        return timedelta(seconds=self.stuck_after_seconds)
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.retention_days)
