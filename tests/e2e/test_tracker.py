@@ -176,23 +176,7 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             assert status.returncode == 0, status.stderr
             assert "delivered at next-key" in status.stdout
             assert "skip  attempt 1" in status.stdout
-            as_json = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "ulos_py",
-                    "status",
-                    "t-delivered",
-                    "--json",
-                    "--tracker",
-                    base,
-                ],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                timeout=30,
-                check=False,
-            )
+            as_json = await status_cli("t-delivered", "--json", "--tracker", base)
             assert json.loads(as_json.stdout) == (await client.get("/api/tasks/t-delivered")).json()
             unknown = await status_cli("nope", "--tracker", base)
             assert unknown.returncode == 3
