@@ -83,6 +83,7 @@ async def _commit(store: Store, batch: Sequence[Pending], status: IngestStatus) 
             if status.writable:
                 log.error("tracker_cannot_store", reason=reason, waiting=len(batch))
             status.writable, status.problem = False, f"cannot store notices: {reason}"
+            await store.reset()  # a connection may keep what failed (read-only, broken)
             await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
             attempt += 1
             continue

@@ -108,6 +108,10 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def reset(self) -> None:
+        """Drop pooled connections: the next transaction opens a fresh one."""
+        await self.engine.dispose()
+
     async def add(self, batch: Sequence[Message]) -> list[Journey]:
         """Store a batch in one transaction; the journeys of the tasks it touched."""
         now = datetime.now(UTC)
