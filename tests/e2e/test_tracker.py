@@ -130,6 +130,8 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
                     return False
 
             await until(healthy, "the tracker answers /healthz")
+            off = await client.post("/api/tasks", json=task("x", "/a.zip", None))
+            assert off.status_code == 403  # no ULOS_TRACKER_TOKEN: submitting is off
             # Delivered: forwarded to the end of its tree, where no node serves.
             await line.publish(
                 task("t-delivered", "/a.zip", stage(ex, "skip", stage(ex, "next-key")))
@@ -193,3 +195,83 @@ def test_a_missing_queue_stops_the_tracker_with_one_line(
     assert process.returncode == 2
     assert f"ULOS_TRACKER_QUEUE: queue {names.queue('tracker')!r} does not exist" in err
     assert "Traceback" not in err
+
+
+async def test_a_task_submitted_over_http_runs_and_its_output_can_be_read(
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    tracker_queue: str,
+    start_cli: StartCli,
+    tmp_path: Path,
+) -> None:
+    ex = names.exchange
+    port = free_port()
+    env = tracker_env(names, broker, f"sqlite:///{tmp_path / 't.sqlite3'}", port)
+    env.update(
+        ULOS_TRACKER_TOKEN="s3cret",
+        REMOTE_STORAGE_HOST=ftp_server.host,
+        REMOTE_STORAGE_PORT=str(ftp_server.port),
+        REMOTE_STORAGE_USERNAME=ftp_server.username,
+        REMOTE_STORAGE_PASSWORD=ftp_server.password,
+        ULOS_TRACKER_OUTPUT_MAX_BYTES="100000",
+    )
+    async with pipeline(names, amqp) as line:
+        channel = await amqp.channel()
+        queue = await channel.get_queue(tracker_queue)
+        await queue.bind(names.logs_exchange, "logs")
+        await queue.bind(names.crash_exchange, "crash")
+        input_queue = await channel.get_queue(line.input_queue)
+        await input_queue.bind(ex, "skip")  # the first stage is reached through the exchange
+        tracker = start_cli("tracker", env=env)
+        settings = node_settings(names, broker, ftp_server, tmp_path / "work")
+        auth = {"Authorization": "Bearer s3cret"}
+        base = f"http://127.0.0.1:{port}"
+        async with running_node(settings), httpx.AsyncClient(base_url=base) as client:
+
+            async def healthy() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    assert tracker.poll() is None, tracker.stderr.read() if tracker.stderr else ""
+                    return False
+
+            await until(healthy, "the tracker answers /healthz")
+            message = task(
+                "t-sub/1", "/sub/lab3/t-sub.zip", stage(ex, "skip", stage(ex, "next-key"))
+            )
+            assert (await client.post("/api/tasks", json=message)).status_code == 401
+            wrong = {"Authorization": "Bearer nope"}
+            assert (await client.post("/api/tasks", json=message, headers=wrong)).status_code == 401
+            bad = await client.post(
+                "/api/tasks", json={**message, "timeout": "soon", "taskOwnerId": None}, headers=auth
+            )
+            assert bad.status_code == 422
+            assert {e["path"] for e in bad.json()["errors"]} == {"$.timeout", "$.taskOwnerId"}
+            nowhere = {**message, "routingTree": stage(ex, "no-queue-has-this-key")}
+            unroutable = await client.post("/api/tasks", json=nowhere, headers=auth)
+            assert unroutable.status_code == 502
+            zipped = make_zip({"main.py": "print('hello')\n"})
+            accepted = await client.post(
+                "/api/tasks",
+                data={"message": json.dumps(message)},
+                files={"file": ("t-sub.zip", zipped, "application/zip")},
+                headers=auth,
+            )
+            assert accepted.status_code == 202, accepted.text
+            assert accepted.json() == {
+                "taskId": "t-sub/1",
+                "url": f"{base}/api/tasks/t-sub%2F1",
+            }
+            done = await until(
+                lambda: journey_in(client, "t-sub%2F1", "delivered"), "the submitted task ran"
+            )
+            assert done["taskId"] == "t-sub/1"
+            output = await client.get("/api/tasks/t-sub%2F1/output")
+            assert output.status_code == 200
+            assert f"==> output_{ex}_skip.txt <==" in output.text
+            assert (await client.get("/api/tasks/unknown/output")).status_code == 404
+            csv_sheet = await client.get("/api/owners/student-1/tasks.csv")
+            assert csv_sheet.text.splitlines()[1].startswith("t-sub/1,delivered,next-key,pass,")
+        await channel.close()

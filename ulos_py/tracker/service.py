@@ -14,13 +14,16 @@ import uvicorn
 from fastapi import APIRouter
 
 from ulos_py.adapters import rabbitmq
+from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.adapters.notice_queue import NoticeQueue
 from ulos_py.errors import ConfigError
+from ulos_py.tracker import submit
 from ulos_py.tracker.api import Tracker, create_app
 from ulos_py.tracker.events import Changes
 from ulos_py.tracker.ingest import IngestStatus, ingest
 from ulos_py.tracker.settings import TrackerSettings
 from ulos_py.tracker.store import Store
+from ulos_py.tracker.submit import Submission
 
 log = structlog.get_logger(__name__)
 
@@ -69,11 +72,17 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
     connection = await rabbitmq.connect(address)
     status, changes = IngestStatus(), Changes(settings.stuck_after)
     tracker = Tracker(store, status, changes)
-    server = _Server(uvicorn.Config(create_app(tracker, *routers), log_level="warning"))
+    app = create_app(tracker, submit.router, *routers)
+    server = _Server(uvicorn.Config(app, log_level="warning"))
+    storage = FtpStorage(FtpAddress.of(settings), connections=2, retry=RetryPolicy())
     try:
         queue = await NoticeQueue.open(connection, settings.queue, settings.batch_size * 2)
-        tracker.extras["connection"] = connection
-        tracker.extras["settings"] = settings
+        tracker.extras["submission"] = Submission(
+            await rabbitmq.RabbitPublisher.open(connection),
+            storage,
+            settings.token.get_secret_value() if settings.token else None,
+            output_max_bytes=settings.output_max_bytes,
+        )
         workers = [
             asyncio.create_task(
                 ingest(
@@ -97,6 +106,7 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
             if task is not stopping and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
+        await storage.close()
         await connection.close()
         await store.close()
         sock.close()
