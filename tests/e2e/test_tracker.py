@@ -238,6 +238,9 @@ async def test_a_task_submitted_over_http_runs_and_its_output_can_be_read(
                     return False
 
             await until(healthy, "the tracker answers /healthz")
+            subscribed = asyncio.Event()
+            changes = asyncio.create_task(_first_change(base, "t-sub/1", "delivered", subscribed))
+            await asyncio.wait_for(subscribed.wait(), 10)
             message = task(
                 "t-sub/1", "/sub/lab3/t-sub.zip", stage(ex, "skip", stage(ex, "next-key"))
             )
@@ -268,6 +271,9 @@ async def test_a_task_submitted_over_http_runs_and_its_output_can_be_read(
                 lambda: journey_in(client, "t-sub%2F1", "delivered"), "the submitted task ran"
             )
             assert done["taskId"] == "t-sub/1"
+            change = await asyncio.wait_for(changes, 30)
+            assert change["state"] == "delivered"
+            assert change["stage"] == {"exchange": ex, "routingKey": "next-key"}
             output = await client.get("/api/tasks/t-sub%2F1/output")
             assert output.status_code == 200
             assert f"==> output_{ex}_skip.txt <==" in output.text
@@ -275,3 +281,25 @@ async def test_a_task_submitted_over_http_runs_and_its_output_can_be_read(
             csv_sheet = await client.get("/api/owners/student-1/tasks.csv")
             assert csv_sheet.text.splitlines()[1].startswith("t-sub/1,delivered,next-key,pass,")
         await channel.close()
+
+
+async def _first_change(
+    base: str, task_id: str, state: str, subscribed: asyncio.Event
+) -> dict[str, Any]:
+    """The first SSE `task` event of GET /api/events saying `task_id` reached `state`."""
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=None) as client,
+        client.stream("GET", "/api/events") as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event = None
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+                if event == "ready":
+                    subscribed.set()
+            elif line.startswith("data:") and event == "task":
+                change: dict[str, Any] = json.loads(line.split(":", 1)[1])
+                if change["taskId"] == task_id and change["state"] == state:
+                    return change
+    raise AssertionError("the event stream ended")
