@@ -169,6 +169,13 @@ class Notice:
             return None
         return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
+    @classmethod
+    def stored(cls, identity: str) -> Notice:
+        """A notice from its identity (the canonical body a store keeps), which it reuses."""
+        notice = cls(json.loads(identity))
+        notice.__dict__["identity"] = identity  # what the cached property would compute
+        return notice
+
     @cached_property
     def identity(self) -> str:
         """The body in canonical form: equal for a notice and its redelivered copy."""

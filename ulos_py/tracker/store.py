@@ -145,7 +145,7 @@ class Store:
         bodies: dict[str, list[Notice]] = defaultdict(list)
         query = select(notices.c.task_id, notices.c.body).where(notices.c.task_id.in_(task_ids))
         for task_id, body in await conn.execute(query):
-            bodies[task_id].append(Notice(json.loads(body)))
+            bodies[task_id].append(Notice.stored(body))
         journeys = [journey(task_id, bodies[task_id]) for task_id in task_ids]
         await conn.execute(delete(tasks).where(tasks.c.task_id.in_(task_ids)))
         await conn.execute(delete(visits).where(visits.c.task_id.in_(task_ids)))
