@@ -4,8 +4,10 @@ Started by scripts/demo once RabbitMQ and the Docker engine run, the venv exists
 executor images are built. It starts an FTP server (pyftpdlib) and one node per
 configuration in testing-configurations/, zips and uploads each message's submission,
 publishes every message in testing-messages/, shows each notice as it arrives, and ends
-with a table of each task's actual path against the expected one. Every process it
-started is stopped on the way out, also on Ctrl-C.
+with a table of each task's actual path against the expected one. The table is built
+from the tracker's API (`ulos-py tracker`, started beside the nodes) and checked against the
+notices this script followed itself. Every process it started is stopped on the way out,
+also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ from typing import Any
 
 import aio_pika
 
+from ulos_py.cli.status import TrackerUnreachable, fetch_journey
+
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = ROOT / "testing-messages"
 CONFIGS = ROOT / "testing-configurations"
 RUN = ROOT / ".run"
 ULOS = [sys.executable, "-m", "ulos_py"]
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# The environment wins over the configurations' files, for the nodes as for this script.
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:{os.environ.get('MESSAGE_BROKER_PORT', '5672')}/"
 FTP_PORT = 2121
+TRACKER_PORT = 8400
+TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
 ROLES = [
     "general",
     "testing-1",
@@ -127,6 +134,32 @@ def start_processes(children: list[subprocess.Popen[bytes]]) -> None:
         )
         children.append(node)
         print(f"  {role}: pid {node.pid}")
+    start_tracker(children, logs)
+
+
+def start_tracker(children: list[subprocess.Popen[bytes]], logs: Path) -> None:
+    """`ulos-py tracker` on a fresh SQLite file, consuming the topology's `tracker` queue."""
+    database = RUN / "tracker.sqlite3"
+    for old in RUN.glob("tracker.sqlite3*"):
+        old.unlink()
+    env = {
+        **os.environ,
+        "ULOS_LOG_FORMAT": "json",
+        "ULOS_TRACKER_QUEUE": "tracker",
+        "ULOS_TRACKER_PORT": str(TRACKER_PORT),
+        "ULOS_TRACKER_DATABASE": f"sqlite:///{database}",
+    }
+    log = (logs / "tracker.log").open("w")
+    tracker = subprocess.Popen(
+        [*ULOS, "tracker", "--env-file", str(CONFIGS / "general.env")],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+    children.append(tracker)
+    wait_for_port(TRACKER_PORT, tracker, "the tracker")
+    print(f"==> tracker at {TRACKER_URL} (API description at {TRACKER_URL}/docs)")
 
 
 def stop_processes(children: list[subprocess.Popen[bytes]]) -> None:
@@ -143,7 +176,7 @@ def stop_processes(children: list[subprocess.Popen[bytes]]) -> None:
 
 async def purge_stage_queues(channel: aio_pika.abc.AbstractChannel) -> None:
     """Leftovers of an interrupted run would muddle this one's table."""
-    for name in ROLES:
+    for name in [*ROLES, "tracker"]:
         queue = await channel.get_queue(name, ensure=True)
         await queue.purge()
 
@@ -223,8 +256,51 @@ def upload_submissions(journeys: dict[str, Journey]) -> None:
     print(f"  {uploaded} submissions uploaded")
 
 
+def tracked_path(name: str) -> tuple[list[str], str | None]:
+    """The stages and end of a task as the tracker tells them (SPEC §10's journey)."""
+    try:
+        task = fetch_journey(TRACKER_URL, f"demo-{name}")
+    except TrackerUnreachable:
+        return [], None
+    if task is None:
+        return [], None
+    visits = task["visits"]
+    stages = [f"{v['stage']['routingKey']}:{v['outcome']}" for v in visits if v["outcome"]]
+    last = visits[-1] if visits else {}
+    end: str | None = None
+    if last.get("crash"):
+        end = f"crash:{last['crash']['kind']}"
+    elif last.get("forwardedTo") and last["forwardedTo"]["routingKey"].startswith("lab."):
+        end = last["forwardedTo"]["routingKey"]
+    elif task["state"] in ("passed", "failed"):
+        end = "completed"
+    return stages, end
+
+
+def from_tracker(journeys: dict[str, Journey]) -> tuple[dict[str, Journey], list[str]]:
+    """The tracker's view of every task, and where it disagrees with the notices followed
+    here. It stores in batches, so it may be a moment behind: asked again for up to 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        tracked = {}
+        for name, seen in journeys.items():
+            stages, end = tracked_path(name)
+            tracked[name] = Journey(
+                seen.expected_stages, seen.expected_end, seen.submission, stages, end
+            )
+        disagreements = [
+            f"  {name}: tracker {t.stages} > {t.end}; notices {s.stages} > {s.end}"
+            for name, t in tracked.items()
+            if (t.stages, t.end) != ((s := journeys[name]).stages, s.end)
+        ]
+        if not disagreements or time.monotonic() > deadline:
+            return tracked, disagreements
+        time.sleep(0.5)
+
+
 def report(journeys: dict[str, Journey]) -> bool:
     print()
+    print(f"(from the tracker's API, {TRACKER_URL}/api/tasks/demo-NAME)")
     print(f"{'message':<24} {'as expected':<12} path taken (stage:outcome > end)")
     for name, j in journeys.items():
         actual = " > ".join([*j.stages, j.end or "(no end seen)"])
@@ -289,7 +365,13 @@ async def main() -> int:
         if not await finished_unless_interrupted(watcher, interrupted):
             print("==> interrupted")
             return 130
-        return 0 if report(journeys) else 1
+        tracked, disagreements = from_tracker(journeys)
+        if disagreements:
+            print("==> the tracker and the notices followed here disagree on:")
+            print("\n".join(disagreements))
+        else:
+            print("==> the tracker's journeys agree with the notices followed here")
+        return 0 if report(tracked) and not disagreements else 1
     finally:
         print("==> stopping every process this run started")
         stop_processes(children)

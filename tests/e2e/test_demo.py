@@ -39,6 +39,8 @@ def test_demo_runs_every_sample_to_its_expected_end() -> None:
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert re.search(r"(\d+) of \1 tasks took their expected path", done.stdout)
+    assert "tracker at http://127.0.0.1:8400" in done.stdout
+    assert "the tracker's journeys agree with the notices followed here" in done.stdout
     pids = started_pids(done.stdout)
     assert len(pids) == 9
     assert not [pid for pid in pids if alive(pid)]

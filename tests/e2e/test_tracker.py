@@ -132,6 +132,9 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             await until(healthy, "the tracker answers /healthz")
             off = await client.post("/api/tasks", json=task("x", "/a.zip", None))
             assert off.status_code == 403  # no ULOS_TRACKER_TOKEN: submitting is off
+            assert (await client.get("/docs")).status_code == 200
+            described = (await client.get("/openapi.json")).json()["paths"]
+            assert {"/api/tasks", "/api/events", "/healthz"} <= set(described)
             # Delivered: forwarded to the end of its tree, where no node serves.
             await line.publish(
                 task("t-delivered", "/a.zip", stage(ex, "skip", stage(ex, "next-key")))

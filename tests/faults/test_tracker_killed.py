@@ -14,13 +14,15 @@ import httpx
 import pytest
 
 from tests.conftest import Broker, Names
+from tests.e2e import conftest as e2e
 from tests.e2e.conftest import StartCli
-from tests.e2e.conftest import start_cli as _start_cli  # noqa: F401 (the fixture)
 from tests.e2e.test_tracker import free_port, tracker_env, until
 from tests.faults.ledger import REPORT
 from tests.journeys import Node
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
+
+start_cli = e2e.start_cli  # the e2e fixture that runs real `ulos-py` processes
 
 TASKS = 1000
 """Each task has 10 notices: two stages of a three-stage tree (7 + 3)."""
