@@ -87,28 +87,27 @@ async def test_the_broker_queue_is_drained_into_the_store_exactly_once(
     await channel.close()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Taken:
     body: bytes
     exchange: str = "logs"
     routing_key: str = "logs"
+
+
+@dataclass
+class Batches:
+    """A source of given batches, then nothing (an idle queue); it records the acks."""
+
+    given: list[list[Taken]]
     acked: list[bytes] = field(default_factory=list)
 
-    async def ack(self) -> bool:
-        self.acked.append(self.body)
-        return True
-
-
-class Batches:
-    """A source of given batches, then nothing (an idle queue)."""
-
-    def __init__(self, batches: list[list[Taken]]) -> None:
-        self._batches = batches
-
     async def batches(self, size: int, wait: float) -> AsyncIterator[Sequence[Taken]]:
-        for batch in self._batches:
+        for batch in self.given:
             yield batch
         await asyncio.Event().wait()
+
+    async def ack(self, batch: Sequence[Taken]) -> None:
+        self.acked += [taken.body for taken in batch]
 
 
 async def test_nothing_is_acked_while_the_database_refuses_and_all_is_after(
@@ -118,12 +117,13 @@ async def test_nothing_is_acked_while_the_database_refuses_and_all_is_after(
     url = postgres.create_database()
     store = await Store.open(url)
     database = url.rsplit("/", 1)[1]
-    acked: list[bytes] = []
-    batch = [Taken(json.dumps(n.body).encode(), acked=acked) for n in Node("t1").stage(("a",))]
+    batch = [Taken(json.dumps(n.body).encode()) for n in Node("t1").stage(("a",))]
+    source = Batches([batch])
+    acked = source.acked
     status = IngestStatus()
     await _read_only(postgres, database, True)
     await store.engine.dispose()  # connections from now on are read-only
-    runner = asyncio.create_task(ingest(Batches([batch]), store, status, lambda _: None))
+    runner = asyncio.create_task(ingest(source, store, status, lambda _: None))
     try:
         async with asyncio.timeout(10):
             while status.writable:

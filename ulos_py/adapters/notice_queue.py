@@ -8,7 +8,7 @@ the broker hands those messages out again after a reconnect, and the store keeps
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -27,13 +27,6 @@ class Taken:
     exchange: str
     routing_key: str
     _message: AbstractIncomingMessage
-
-    async def ack(self) -> bool:
-        """Ack it; False when its channel is gone (the broker delivers it again)."""
-        with suppress(*BROKER_LOST):
-            await self._message.ack()
-            return True
-        return False
 
 
 class NoticeQueue:
@@ -79,6 +72,19 @@ class NoticeQueue:
                 except TimeoutError:
                     break
             yield batch
+
+    async def ack(self, batch: Sequence[Taken]) -> None:
+        """Ack a whole batch in one frame per channel: `multiple` on its last delivery tag.
+
+        Batches are acked in the order they were taken, so every earlier tag on the channel
+        is acked already or in this batch. A message of a channel that is gone is not
+        acked: the broker delivers it again, and the store keeps it once."""
+        last: dict[int, AbstractIncomingMessage] = {}
+        for taken in batch:
+            last[id(taken._message.channel)] = taken._message
+        for message in last.values():
+            with suppress(*BROKER_LOST):
+                await message.ack(multiple=True)
 
     async def close(self) -> None:
         """Stop consuming; what was taken and not acked goes back to the queue."""

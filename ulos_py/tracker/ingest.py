@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,20 +23,19 @@ from ulos_py.tracker.store import Message, Store
 
 log = structlog.get_logger(__name__)
 
+M = TypeVar("M", bound=Message)
+
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds between tries to store a batch while the database fails; the last repeats."""
 
 
-class Pending(Message, Protocol):
-    """A message taken from the queue and not yet acked."""
+class Source(Protocol[M]):
+    """Where notices come from: batches of messages, acked a batch at a time once stored
+    (see adapters.notice_queue)."""
 
-    async def ack(self) -> bool: ...
+    def batches(self, size: int, wait: float) -> AsyncIterator[Sequence[M]]: ...
 
-
-class Source(Protocol):
-    """Where notices come from: batches of pending messages (see adapters.notice_queue)."""
-
-    def batches(self, size: int, wait: float) -> AsyncIterator[Sequence[Pending]]: ...
+    async def ack(self, batch: Sequence[M]) -> None: ...
 
 
 @dataclass
@@ -52,7 +51,7 @@ class IngestStatus:
 
 
 async def ingest(
-    source: Source,
+    source: Source[M],
     store: Store,
     status: IngestStatus,
     on_change: Callable[[list[Journey]], None],
@@ -64,15 +63,14 @@ async def ingest(
     try:
         async for batch in source.batches(size, wait):
             journeys = await _commit(store, batch, status)
-            for message in batch:
-                await message.ack()
+            await source.ack(batch)
             status.stored += len(batch)
             on_change(journeys)
     finally:
         status.consuming = False
 
 
-async def _commit(store: Store, batch: Sequence[Pending], status: IngestStatus) -> list[Journey]:
+async def _commit(store: Store, batch: Sequence[Message], status: IngestStatus) -> list[Journey]:
     """Store the batch, trying again until the database takes it."""
     attempt = 0
     while True:
