@@ -31,6 +31,7 @@ def _free_port() -> int:
 @dataclass(frozen=True)
 class Postgres:
     port: int
+    home: Path
 
     def url(self, database: str) -> str:
         return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
@@ -47,6 +48,14 @@ class Postgres:
 
     def pg_ctl(self, *args: str) -> None:
         _run_as_owner([str(PG_BIN / "pg_ctl"), *args])
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.home / "log")
+        self.pg_ctl("-D", str(self.home / "data"), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self.pg_ctl("-D", str(self.home / "data"), "-m", "fast", "-w", "stop")
 
 
 _OWNER: list[str] = []
@@ -77,11 +86,10 @@ def start_postgres() -> Iterator[Postgres]:
     _run_as_owner(
         [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8"]
     )
-    server = Postgres(port)
-    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
-    server.pg_ctl("-D", str(data), "-o", options, "-l", str(home / "log"), "-w", "start")
+    server = Postgres(port, home)
+    server.start()
     try:
         yield server
     finally:
-        server.pg_ctl("-D", str(data), "-m", "fast", "-w", "stop")
+        server.stop()
         shutil.rmtree(home, ignore_errors=True)

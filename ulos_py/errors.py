@@ -5,6 +5,10 @@
     ├── StorageError             the FTP server failed us (adapter level)
     │   ├── StorageUnavailable   transient: worth a retry with back-off
     │   └── StorageRefused       permanent: missing file, bad credentials, no permission
+    ├── EngineError              the Docker engine failed or refused an operation (adapter level)
+    │   ├── EngineUnavailable    the engine does not answer
+    │   ├── ImageMissing         the executor's image is not on the engine
+    │   └── ImageBuildFailed     an executor image did not build (`ulos-py executors build`)
     ├── BrokerUnavailable        the broker cannot be reached
     ├── ExchangeMissing          an exchange to watch is not declared on the broker
     ├── PublishError             the broker did not confirm a publish (adapter level)
@@ -16,14 +20,14 @@
         ├── DownloadFailed
         ├── UnsafeArchive        not a zip, or escapes, links, or over the limits
         ├── ExecutionCrashed
-        │   ├── EngineUnavailable the Docker engine does not answer
-        │   └── ImageMissing      the executor's image is not on the engine
         ├── ExecutionTimedOut
         ├── UploadFailed
         └── ForwardFailed        the next stage could not be delivered
 
-Adapters raise StorageError/PublishError; the lifecycle turns them into the TaskCrash of the
-step that failed, chained, so the notice names both the step and the cause.
+Adapters raise StorageError/PublishError/EngineError; the lifecycle (or, for the engine, the
+docker executor) turns them into the TaskCrash of the step that failed, chained, so the
+notice names both the step and the cause. The same engine error outside a task (building
+images) is reported as what it is, not as a task's crash.
 """
 
 from __future__ import annotations
@@ -73,6 +77,23 @@ class StorageUnavailable(StorageError):
 
 class StorageRefused(StorageError):
     """The storage answered no (missing file, credentials, permission): retrying won't help."""
+
+
+class EngineError(UlosError):
+    """The Docker engine failed or refused an operation; the docker executor turns it into
+    the task's ExecutionCrashed."""
+
+
+class EngineUnavailable(EngineError):
+    """The Docker engine did not answer; the node goes on and tries again with the next task."""
+
+
+class ImageMissing(EngineError):
+    """The executor's image is not on the engine: `ulos-py executors build` makes it."""
+
+
+class ImageBuildFailed(EngineError):
+    """An executor image did not build: its Dockerfile, its files or the base image."""
 
 
 class BrokerUnavailable(UlosError):
@@ -136,14 +157,6 @@ class UnsafeArchive(TaskCrash):
 
 class ExecutionCrashed(TaskCrash):
     kind = CrashKind.EXECUTION
-
-
-class EngineUnavailable(ExecutionCrashed):
-    """The Docker engine did not answer; the node goes on and tries again with the next task."""
-
-
-class ImageMissing(ExecutionCrashed):
-    """The executor's image is not on the engine: `ulos-py executors build` makes it."""
 
 
 class ExecutionTimedOut(TaskCrash):

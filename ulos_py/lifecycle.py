@@ -1,14 +1,26 @@
-"""A task's whole life, top to bottom: the only place that acks or rejects a delivery.
+"""A task's whole life, top to bottom: the only place that decides how a delivery is settled.
 
     parse → stage → executor → download → unpack → execute → pack → upload → forward → ack
 
 Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject (or,
-with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES). A
-cancellation (node shutdown) is not a failure: the delivery goes back to the queue.
+with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES: a
+counted copy back on the queue, then the ack). A cancellation (node shutdown) is not a
+failure: the delivery goes back to the queue.
 
 A task that may run longer than the broker lets a delivery go unacknowledged is leased
-(`Delivery.detach`) before it executes, so the broker cannot close the channel under it and
+(`Delivery.lease`) before it executes, so the broker cannot close the channel under it and
 hand it to another node; the lease is settled like the delivery would have been.
+
+Two broker acks/rejects happen in the adapter (rabbitmq_deliveries), and must:
+- taking a lease acks the delivery. That ack ends no task: it hands the task over to its
+  lease, and is valid only between broker steps the lifecycle does not see (after the copy
+  in the lease queue is confirmed and the prefetch window narrowed; if it fails the lease
+  queue must go). The lifecycle settles the lease later, with `ack` or `reject`, which the
+  adapter turns into deleting the lease or publishing a copy back first.
+- the consumer rejects a copy marked `x-ulos-rejected` without handing it on. It is the end
+  of a reject for good that a lifecycle already decided and reported for a leased task (whose
+  own delivery was gone, so it cannot be dead-lettered directly); handed on, it would run
+  as a new task.
 """
 
 from __future__ import annotations
@@ -18,10 +30,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from ulos_py.archive import ArchiveLimits, pack, safe_unpack
+from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import (
     DownloadFailed,
     ExecutionCrashed,
@@ -35,9 +48,9 @@ from ulos_py.errors import (
     TaskCrash,
     UploadFailed,
 )
-from ulos_py.file_work import SMALL_BYTES, run_file_work, small_tree, small_zip
+from ulos_py.file_work import pack_results, unpack_submission
 from ulos_py.models import Outcome, RoutingNode, Task, parse_task
-from ulos_py.notices import Event, NoticeContext, Retry
+from ulos_py.notices import DeliveryBudget, Event, NoticeContext
 from ulos_py.ports import (
     Delivery,
     Envelope,
@@ -114,7 +127,7 @@ async def _run_and_settle(
 ) -> None:
     try:
         received, task = parse_task(delivery.body)
-        report.known(received, task.routing_tree)
+        report.carry_task(received, task.routing_tree)
         count = delivery.delivery_count
         note = f" (redelivered, delivery {count})" if count > 1 else ""
         report.log(Event.RECEIVED, f"task {task.task_id} received{note}", redelivered=count > 1)
@@ -125,26 +138,27 @@ async def _run_and_settle(
         space = await after_settling.enter_async_context(
             workspace(deps.work_dir, task.task_id, deps.cleaner)
         )
-        await _run_stage(task, stage, executor, space, delivery, deps, report)
+        await _run_stage(received, task, stage, executor, space, delivery, deps, report)
     except TaskCrash as crash:
         if isinstance(crash, MalformedTask) and crash.received is not None:
-            report.known(crash.received, stage=None)
-        await _give_back(delivery, deps, report, crash)
+            report.carry_task(crash.received, stage=None)
+        await _settle_crash(delivery, deps, report, crash)
     except asyncio.CancelledError:
-        await asyncio.shield(_return_to_queue(delivery, report))
+        await asyncio.shield(_hand_back_unfinished(delivery, report))
         raise
     except SettleFailed as exc:  # lost while being leased: the broker delivers it again
         log.warning("delivery_lost", reason=str(exc))
     except Exception as exc:  # a bug of ours must not kill the node or lose the task
         log.exception("internal_error")
         internal = ExecutionCrashed(f"internal error in the node: {exc!r}")
-        await _give_back(delivery, deps, report, internal)
+        await _settle_crash(delivery, deps, report, internal)
     else:
         await report.flush()
         await _settle(delivery.ack(), report, Event.ACKED)
 
 
 async def _run_stage(
+    received: dict[str, Any],
     task: Task,
     stage: RoutingNode,
     executor: Executor,
@@ -157,8 +171,7 @@ async def _run_stage(
         await deps.storage.download(task.file_path, space.archive)
     except StorageError as exc:
         raise DownloadFailed(f"cannot download {task.file_path}: {exc}") from exc
-    small = small_zip(space.archive)
-    await run_file_work(small, safe_unpack, space.archive, space.files, deps.limits)
+    await unpack_submission(space.archive, space.files, deps.limits)
     report.log(Event.DOWNLOADED, f"downloaded and unpacked {task.file_path}")
     await _lease_if_long(task, delivery, deps, report)
 
@@ -172,25 +185,37 @@ async def _run_stage(
 
     try:
         output = space.files / output_file_name(stage)
-        small = len(result.output) <= SMALL_BYTES and small_tree(space.files)
-        await run_file_work(small, _pack_with_output, space, output, result.output)
+        await pack_results(space.files, output, result.output, space.archive)
         await deps.storage.upload(space.archive, task.file_path)
     except (StorageError, OSError) as exc:
         raise UploadFailed(f"cannot upload {task.file_path}: {exc}") from exc
     report.log(Event.UPLOADED, f"uploaded results to {task.file_path}")
 
-    hop = next_hop(stage, result.outcome)
+    await _forward(received, task, stage, result.outcome, delivery.priority, deps, report)
+
+
+async def _forward(
+    received: dict[str, Any],
+    task: Task,
+    stage: RoutingNode,
+    outcome: Outcome,
+    priority: int | None,
+    deps: Deps,
+    report: Reporter,
+) -> None:
+    """The task as received goes on to the stage its outcome leads to, if any."""
+    hop = next_hop(stage, outcome)
     if hop is None:
-        report.log(Event.COMPLETED, f"no stage follows {result.outcome.value}: journey ends here")
+        report.log(Event.COMPLETED, f"no stage follows {outcome.value}: journey ends here")
         return
     target = f"exchange {hop.exchange!r} routing key {hop.routing_key!r}"
     envelope = Envelope(
         hop.exchange,
         hop.routing_key,
-        forward_body(report.context.received, hop),
-        message_id=forward_message_id(task, stage, result.outcome),
+        forward_body(received, hop),
+        message_id=forward_message_id(task, stage, outcome),
         correlation_id=task.task_id,
-        priority=delivery.priority,
+        priority=priority,
     )
     # The notices so far are confirmed while the forward is: one round trip, not two.
     notices = asyncio.ensure_future(report.flush())
@@ -203,22 +228,13 @@ async def _run_stage(
     report.log(Event.FORWARDED, f"forwarded to {target}", target=hop.wire())
 
 
-def _pack_with_output(space: Workspace, output_file: Path, output: str) -> None:
-    """The stage's output file, then the zip to upload: one trip to a worker thread."""
-    try:
-        output_file.write_text(output, encoding="utf-8")
-    except OSError as exc:  # e.g. the executor left a directory of that name
-        raise ExecutionCrashed(f"cannot write the output file {output_file.name}: {exc}") from exc
-    pack(space.files, space.archive)
-
-
 async def _lease_if_long(task: Task, delivery: Delivery, deps: Deps, report: Reporter) -> None:
-    """Lease a task that may outlast the broker's consumer timeout (see `Delivery.detach`)."""
+    """Lease a task that may outlast the broker's consumer timeout (see `Delivery.lease`)."""
     seconds = deps.ack_timeout.lease_for(task.timeout)
     if seconds is None:
         return
     limit = f"{deps.ack_timeout.seconds:g} s"
-    if await delivery.detach(seconds):
+    if await delivery.lease(seconds):
         report.log(
             Event.LEASED,
             f"may run past the broker's consumer timeout ({limit}): leased for {seconds:g} s",
@@ -255,8 +271,9 @@ def _timed_out(executor: Executor, seconds: float) -> ExecutionResult:
     raise ExecutionTimedOut(message)
 
 
-async def _give_back(delivery: Delivery, deps: Deps, report: Reporter, crash: TaskCrash) -> None:
-    """A crashed task is rejected, or requeued (counted) while under the delivery limit.
+async def _settle_crash(delivery: Delivery, deps: Deps, report: Reporter, crash: TaskCrash) -> None:
+    """A crashed task is rejected for good, or, with MESSAGE_BROKER_REQUEUE_ON_REJECT and
+    deliveries left in its budget, requeued (counted).
 
     A malformed message is never requeued: it cannot get better.
     """
@@ -264,12 +281,19 @@ async def _give_back(delivery: Delivery, deps: Deps, report: Reporter, crash: Ta
         report.crash(crash)
         await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)
         return
-    retry = Retry(delivery.delivery_count, deps.max_deliveries)
-    report.crash(crash, retry)
-    if retry.given_up:
+    budget = DeliveryBudget(delivery.delivery_count, deps.max_deliveries)
+    report.crash(crash, budget)
+    if budget.spent:
         await _settle(delivery.reject(False), report, Event.REJECTED, requeued=False)
     else:
-        await _settle(delivery.requeue_counted(), report, Event.REJECTED, requeued=True)
+        await _settle(_requeue_counted(delivery), report, Event.REJECTED, requeued=True)
+
+
+async def _requeue_counted(delivery: Delivery) -> None:
+    """A counted copy goes to the tail of the queue, then the delivery is acked; a copy the
+    broker did not confirm is no ack (the broker delivers the task again)."""
+    await delivery.put_back_counted()
+    await delivery.ack()
 
 
 async def _settle(
@@ -284,7 +308,7 @@ async def _settle(
     report.log(event, f"delivery {verb}", **fields)
 
 
-async def _return_to_queue(delivery: Delivery, report: Reporter) -> None:
+async def _hand_back_unfinished(delivery: Delivery, report: Reporter) -> None:
     """On shutdown, hand an unfinished delivery back so another node can take it."""
     # If the channel is gone the broker requeues unacked messages by itself.
     with suppress(SettleFailed):

@@ -26,7 +26,7 @@ from ulos_py.adapters import rabbitmq, rabbitmq_deliveries
 from ulos_py.adapters.docker_engine import DockerEngine
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.archive import ArchiveLimits
-from ulos_py.errors import ConfigError
+from ulos_py.errors import ConfigError, StorageUnavailable
 from ulos_py.execution.docker import DockerExecutor
 from ulos_py.execution.docker_spec import DockerExecutorSpec
 from ulos_py.execution.registry import load_registry
@@ -126,6 +126,10 @@ async def _serve(
         ):
             if not await publisher.exchange_exists(exchange):
                 raise ConfigError(f"{variable}: exchange {exchange!r} does not exist on the broker")
+        try:  # wrong credentials or certificate: ConfigError, the node stops here
+            await storage.check_login()
+        except StorageUnavailable as exc:  # tasks retry, and crash as `download` meanwhile
+            log.warning("storage_unreachable", reason=str(exc))
         queue = await rabbitmq_deliveries.open_queue(
             connection, settings.consumption_queue, settings.prefetch_count
         )

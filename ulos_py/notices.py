@@ -78,30 +78,31 @@ def log_notice(ctx: NoticeContext, event: Event, message: str, **fields: Any) ->
 
 
 @dataclass(frozen=True)
-class Retry:
-    """Where a crashed task stands against the delivery limit."""
+class DeliveryBudget:
+    """How many deliveries a crashing task has used of the ULOS_MAX_DELIVERIES it may."""
 
     delivery: int
     limit: int
 
     @property
-    def given_up(self) -> bool:
+    def spent(self) -> bool:
+        """No requeue is left: this crash rejects the task for good."""
         return self.delivery >= self.limit
 
 
 def crash_notice(
-    ctx: NoticeContext, crash: TaskCrash, retry: Retry | None = None
+    ctx: NoticeContext, crash: TaskCrash, budget: DeliveryBudget | None = None
 ) -> dict[str, Any]:
     """A crash notice: why the task ended without an outcome (and, when crashed tasks are
     requeued, whether this one will be tried again)."""
     detail = crash.detail
     error: dict[str, Any] = {"kind": crash.kind.value, "detail": detail}
-    if retry is not None:
-        error["delivery"], error["maxDeliveries"] = retry.delivery, retry.limit
-        error["requeued"] = not retry.given_up
-        if retry.given_up:
+    if budget is not None:
+        error["delivery"], error["maxDeliveries"] = budget.delivery, budget.limit
+        error["requeued"] = not budget.spent
+        if budget.spent:
             detail += (
-                f"; crashed on delivery {retry.delivery} of at most {retry.limit} "
+                f"; crashed on delivery {budget.delivery} of at most {budget.limit} "
                 "(ULOS_MAX_DELIVERIES): not requeued again"
             )
             error["detail"] = detail

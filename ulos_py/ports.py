@@ -6,11 +6,10 @@ implement them, so a task's life can be read and tested without any library in s
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from ulos_py.models import Outcome, RoutingNode
 
@@ -24,9 +23,6 @@ class Delivery(Protocol):
     @property
     def priority(self) -> int | None: ...
 
-    @property
-    def redelivered(self) -> bool: ...
-
     async def ack(self) -> None:
         """Raises SettleFailed when the broker can no longer take it."""
 
@@ -35,21 +31,22 @@ class Delivery(Protocol):
 
     @property
     def delivery_count(self) -> int:
-        """1 the first time; counted across requeues (see `requeue_counted`)."""
+        """1 the first time; counted across requeues (see `put_back_counted`)."""
 
-    async def requeue_counted(self) -> None:
-        """Back to its queue (at the tail) with its delivery count raised, confirmed before
-        this delivery is acked; raises SettleFailed. A plain requeue cannot be counted on a
+    async def put_back_counted(self) -> None:
+        """Publish a copy of the task to the tail of its queue with its delivery count
+        raised, confirmed by the broker; raises SettleFailed. Not a settle: the lifecycle
+        acks the delivery once the copy is safe. A plain requeue cannot be counted on a
         classic queue, and a task that crashes every time would loop for ever."""
 
-    async def detach(self, seconds: float) -> bool:
+    async def lease(self, seconds: float) -> bool:
         """Take the task off the broker's delivery-acknowledgement clock, for a task that may
         run longer than the broker's consumer timeout (which would close the channel under it
         and hand it to another node while it still runs).
 
         The task is then held by a lease of `seconds`: if the node dies, the broker gives the
-        task back to its queue when the lease runs out; while the node lives, `ack`, `reject`
-        and `requeue_counted` settle the lease as they would the delivery. False when no
+        task back to its queue when the lease runs out; while the node lives, `ack` and
+        `reject` settle the lease as they would the delivery. False when no
         lease could be taken (the delivery is as it was); raises SettleFailed when the
         delivery was lost meanwhile (the broker delivers it again: the task must stop)."""
 
@@ -115,52 +112,3 @@ class Executor(Protocol):
 class ExecutorRegistry(Protocol):
     def select(self, routing_key: str) -> Executor | None:
         """The first executor whose pattern matches the stage, or None."""
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """One sandboxed run of an image, as the engine should create it."""
-
-    image: str
-    command: list[str] | None
-    working_dir: str
-    user: str
-    environment: dict[str, str]
-    network: bool
-    memory_bytes: int
-    nano_cpus: int
-    pids: int
-    drop_capabilities: bool
-    no_new_privileges: bool
-    output_bytes: int
-    labels: dict[str, str]
-
-
-@dataclass(frozen=True)
-class ContainerExit:
-    status: int
-    oom_killed: bool
-
-
-class Container(Protocol):
-    """A created container; the engine removes it when its context ends."""
-
-    async def copy_in(self, directory: str, tar: BinaryIO) -> None:
-        """Extract the tar stream into `directory`, which exists in the image."""
-
-    async def start(self) -> None: ...
-
-    async def wait(self) -> ContainerExit: ...
-
-    async def output(self) -> str:
-        """stdout and stderr, interleaved, at most the spec's `output_bytes` (the tail)."""
-
-    async def copy_out(self, path: str, into: BinaryIO, max_bytes: int) -> None:
-        """Write `path` as a tar stream into `into`; raise ExecutionCrashed past `max_bytes`."""
-
-
-class ContainerEngine(Protocol):
-    """Raises EngineUnavailable, ImageMissing or ExecutionCrashed; never library errors."""
-
-    def container(self, spec: ContainerSpec) -> AbstractAsyncContextManager[Container]:
-        """Create a container; on every way out, even cancellation, kill and remove it."""

@@ -19,7 +19,7 @@ import structlog
 
 from ulos_py.errors import PublishError, TaskCrash
 from ulos_py.models import RoutingNode
-from ulos_py.notices import Event, NoticeContext, Retry, crash_notice, log_notice
+from ulos_py.notices import DeliveryBudget, Event, NoticeContext, crash_notice, log_notice
 from ulos_py.ports import Envelope, Publisher
 
 log = structlog.get_logger(__name__)
@@ -66,7 +66,7 @@ class Reporter:
         self._observer = observer
         self._pending: list[asyncio.Task[None]] = []
 
-    def known(self, received: dict[str, Any], stage: RoutingNode | None) -> None:
+    def carry_task(self, received: dict[str, Any], stage: RoutingNode | None) -> None:
         """Later notices carry the parsed task and its stage."""
         self.context = replace(self.context, received=received, stage=stage)
 
@@ -78,8 +78,8 @@ class Reporter:
         except Exception:  # metrics are never worth a task
             log.exception("notice_observer_failed", event_name=event.value)
 
-    def crash(self, crash: TaskCrash, retry: Retry | None = None) -> None:
-        body = crash_notice(self.context, crash, retry)
+    def crash(self, crash: TaskCrash, budget: DeliveryBudget | None = None) -> None:
+        body = crash_notice(self.context, crash, budget)
         self._send(self._routes.crash_exchange, self._routes.crash_routing_key, body)
         self.log(Event.CRASHED, body["logMessage"], error=body["error"])
 

@@ -232,3 +232,25 @@ def load(kind: type[S], env_file: Path | None = None) -> S:
             given = "" if error["type"] == "missing" else f" (got {error['input']!r})"
             problems.append(f"{name}: {error['msg']}{given}")
         raise ConfigError("; ".join(problems)) from exc
+
+
+def tls_refusal(exc: BaseException, who: str, prefix: str) -> ConfigError | None:
+    """The ConfigError for a TLS handshake with `who` that failed (the ssl error itself, or
+    the cause of a library's error), if that is what `exc` is: retrying cannot help, the
+    settings (named by `prefix`, e.g. MESSAGE_BROKER) or the certificate must change."""
+    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ConfigError(
+            f"{who} showed a certificate that is not trusted ({cause.verify_message}): check "
+            f"{prefix}_TLS_CA_FILE (the CA that signed it), {prefix}_HOST (a name the "
+            f"certificate holds) or {prefix}_TLS_VERIFY"
+        )
+    if isinstance(cause, ssl.SSLError):
+        reason = str(cause.reason or cause)
+        check = (  # the server's alert about our certificate, e.g. CERTIFICATE_REQUIRED
+            f"{prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE (a client certificate it trusts)"
+            if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason)
+            else f"that {prefix}_PORT is its TLS port and {prefix}_TLS"
+        )
+        return ConfigError(f"TLS with {who} failed ({reason}): check {check}")
+    return None

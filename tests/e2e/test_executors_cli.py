@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,23 @@ def test_an_engine_that_does_not_answer_gives_one_line() -> None:
     assert "Docker engine at tcp://127.0.0.1:9 does not answer" in built.stderr
     assert listed.returncode == 0
     assert "engine not answering" in listed.stdout
+
+
+def test_a_failed_image_build_is_reported_as_a_build_error_on_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN exit 3\n")
+    (folder / "executor.toml").write_text('image = "ulos-py-test/broken"\n')
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        '[[route]]\nstage = "broken"\nexecutor = "broken"\n\n'
+        '[executor.broken]\nkind = "docker"\nfolder = "broken"\n'
+    )
+
+    built = ulos("build", "--registry", str(registry))
+
+    assert built.returncode == 1
+    assert "Traceback" not in built.stderr
+    [line] = built.stderr.strip().splitlines()
+    assert f"executors build: building ulos-py-test/broken from {folder} failed: " in line
+    assert line.endswith("returned a non-zero code: 3")

@@ -137,32 +137,55 @@ async def test_a_node_process_works_over_tls_and_logs_no_password(
     assert_no_secret(seen, tls_broker.password, ftps_server.password)
 
 
-async def test_a_node_process_with_a_wrong_ftp_password_shows_it_nowhere(
+async def test_a_node_with_a_wrong_ftp_password_stops_with_one_line(
     names: Names,
     tls_broker: TlsBroker,
     ftps_server: FtpServer,
     tls_certificates: Certificates,
     tmp_path: Path,
     tls_line: Pipeline,
-    start_cli: StartCli,
 ) -> None:
     wrong = secret()
-    tree = stage(names.exchange, "skip", success=stage(names.exchange, "next-key"))
     env = node_env(
         names, tls_broker, ftps_server, tls_certificates, tmp_path, REMOTE_STORAGE_PASSWORD=wrong
     )
-    node = start_cli("node", env=env)
-    await tls_line.publish(task("t-login", f"/{names.prefix}/x.zip", tree))
-    crash = await tls_line.next_json("crashes", timeout=30)
-    notices = await tls_line.logs_until("t-login", "rejected")
-    code, log_lines, stderr = await stopped(node)
+    await tls_line.publish(task("t-login", f"/{names.prefix}/x.zip", tls_tree(names)))
+    done = await asyncio.to_thread(ulos, "node", env=env)
+    supervised = await asyncio.to_thread(ulos, "node", "--processes", "2", env=env)
 
-    assert crash["error"]["kind"] == "download"
-    assert "530" in crash["error"]["detail"]
-    assert code == 0
-    assert log_lines
-    seen = stderr + json.dumps([crash, *notices])
+    assert_one_line(done, 2, "configuration error", "530", "REMOTE_STORAGE_PASSWORD")
+    assert supervised.returncode == 2
+    assert await tls_line.depth() == 1  # the task waits for a node that can fetch it
+    seen = done.stdout + done.stderr + supervised.stdout + supervised.stderr
     assert_no_secret(seen, wrong, ftps_server.password, tls_broker.password)
+
+
+async def test_a_node_that_does_not_trust_the_ftps_certificate_stops_with_one_line(
+    names: Names,
+    tls_broker: TlsBroker,
+    ftps_server: FtpServer,
+    tls_certificates: Certificates,
+    tmp_path: Path,
+    tls_line: Pipeline,
+) -> None:
+    env = node_env(
+        names,
+        tls_broker,
+        ftps_server,
+        tls_certificates,
+        tmp_path,
+        REMOTE_STORAGE_TLS_CA_FILE=tls_certificates.other_ca_file,
+    )
+    done = await asyncio.to_thread(ulos, "node", env=env)
+
+    where = f"the FTP server at {ftps_server.host}:{ftps_server.port}"
+    assert_one_line(done, 2, "configuration error", where, "not trusted")
+    assert "REMOTE_STORAGE_TLS_CA_FILE" in done.stderr
+    assert_no_secret(done.stdout + done.stderr, tls_broker.password, ftps_server.password)
+
+
+def tls_tree(names: Names) -> dict[str, Any]:
+    return stage(names.exchange, "skip", success=stage(names.exchange, "next-key"))
 
 
 def test_a_node_with_a_wrong_ca_stops_with_one_line(

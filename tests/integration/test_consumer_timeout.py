@@ -3,7 +3,7 @@
 A private RabbitMQ node (tests/integration/short_timeout_broker.py) closes a channel that
 holds a delivery unacknowledged for 5 s and hands the delivery out again. The first tests
 pin that behaviour down, so a broker that changes it is noticed; the others show that a node
-leases a task that may run longer (`Delivery.detach`): it runs once, its channel stays open,
+leases a task that may run longer (`Delivery.lease`): it runs once, its channel stays open,
 and a node killed mid-task loses nothing.
 """
 

@@ -133,7 +133,7 @@ async def test_a_node_over_tls_shows_no_password(
 
 
 @pytest.mark.parametrize("server", ["secret_ftp_server", "ftps_server"])
-async def test_a_failed_ftp_login_shows_no_password(
+async def test_a_failed_ftp_login_stops_the_node_at_start_and_shows_no_password(
     line: Pipeline,
     names: Names,
     broker: Broker,
@@ -151,14 +151,17 @@ async def test_a_failed_ftp_login_shows_no_password(
         else {}
     )
     settings = node_settings(names, broker, ftp, tmp_path, REMOTE_STORAGE_PASSWORD=wrong, **tls)
-    async with running_node(settings):
-        await line.publish(task("t-login", f"/{names.prefix}/x.zip", tree(names)))
-        await notices_until(line, "t-login", witness)
 
-    errors = [n["error"] for n in witness.notices if "error" in n]  # crash and log notice
-    assert errors
-    assert {error["kind"] for error in errors} == {"download"}
-    assert all("530" in error["detail"] for error in errors)
+    with pytest.raises(ConfigError) as caught:
+        await asyncio.wait_for(run_node(settings, asyncio.Event()), 20)
+
+    text = str(caught.value)
+    assert "\n" not in text
+    assert f"the FTP server at {ftp.host}:{ftp.port} refused user {ftp.username!r}" in text
+    assert "530" in text
+    assert "REMOTE_STORAGE_PASSWORD" in text
+    assert await line.depth() == 0  # it never consumed
+    witness.error(caught.value)
     witness.assert_none_of(wrong, ftp.password)
 
 

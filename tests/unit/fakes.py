@@ -20,14 +20,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ulos_py.errors import PublishError, SettleFailed, StorageRefused, StorageUnavailable
+from ulos_py.execution.containers import ContainerExit, ContainerSpec
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import (
-    ContainerExit,
-    ContainerSpec,
-    Envelope,
-    ExecutionResult,
-    TimeoutPolicy,
-)
+from ulos_py.ports import Envelope, ExecutionResult, TimeoutPolicy
 
 Route = tuple[str, str]
 
@@ -50,15 +45,16 @@ class FakeDelivery:
         # as the broker adapter counts: a redelivery without our header is the second
         self.delivery_count = delivery_count or (2 if redelivered else 1)
         self.priority = priority
-        self.redelivered = redelivered
         self.settle_fails = settle_fails
         self.acked = False
         self.rejected = False
         self.requeue: bool | None = None
+        self.put_back = False
+        """A counted copy went back to the queue (`put_back_counted`)."""
         self.settle_attempts = 0
         self._journal = journal if journal is not None else []
-        self.lease = lease
-        """What `detach` does: True takes the lease, False is refused, None loses the delivery."""
+        self.grants_lease = lease
+        """What `lease` does: True takes the lease, False is refused, None loses the delivery."""
         self.leased: float | None = None
 
     @property
@@ -82,22 +78,25 @@ class FakeDelivery:
         self.rejected = True
         self.requeue = requeue
 
-    async def requeue_counted(self) -> None:
-        """Counted requeue (republish, then ack): for these tests, a reject with requeue."""
-        self._attempt("requeue_counted")
-        self.rejected = True
-        self.requeue = True
+    async def put_back_counted(self) -> None:
+        """Not a settle: the counted copy the lifecycle acks the delivery after."""
+        if self.settled or self.put_back:
+            raise AssertionError("put back after a settle, or twice")
+        self._journal.append("put_back_counted")
+        if self.settle_fails:
+            raise SettleFailed("channel closed before the counted copy was confirmed")
+        self.put_back = True
 
-    async def detach(self, seconds: float) -> bool:
+    async def lease(self, seconds: float) -> bool:
         """Not a settle: the lease is settled later by ack or reject, exactly once."""
         if self.leased is not None or self.settled:
-            raise AssertionError("detach after a lease or a settle")
-        self._journal.append(f"detach {seconds:g}")
-        if self.lease is None:
+            raise AssertionError("lease after a lease or a settle")
+        self._journal.append(f"lease {seconds:g}")
+        if self.grants_lease is None:
             raise SettleFailed("channel closed while leasing")
-        if self.lease:
+        if self.grants_lease:
             self.leased = seconds
-        return self.lease
+        return self.grants_lease
 
 
 class FakePublisher:

@@ -21,7 +21,7 @@ import structlog.testing
 
 from ulos_py.adapters.docker_engine import SWEEP_ATTEMPTS, DockerEngine
 from ulos_py.errors import EngineUnavailable
-from ulos_py.ports import ContainerSpec
+from ulos_py.execution.containers import ContainerSpec
 
 SPEC = ContainerSpec(
     image="lab/check",

@@ -1,5 +1,5 @@
 """Long tasks and the broker's consumer timeout: the lifecycle leases a task that may run
-longer than the broker lets a delivery go unacknowledged (`Delivery.detach`), on doubles.
+longer than the broker lets a delivery go unacknowledged (`Delivery.lease`), on doubles.
 
 What a lease is on RabbitMQ is tested in tests/integration/test_consumer_timeout.py.
 """
@@ -64,7 +64,7 @@ async def test_a_long_task_is_leased_before_it_runs_and_the_lease_settled_after_
 
     assert delivery.leased == 65
     settles = [entry for entry in node.journal if not entry.startswith("publish logs")]
-    assert settles == ["detach 65", f"publish {SUCCESS_ROUTE[0]}/{SUCCESS_ROUTE[1]}", "ack"]
+    assert settles == ["lease 65", f"publish {SUCCESS_ROUTE[0]}/{SUCCESS_ROUTE[1]}", "ack"]
     assert delivery.acked
     events = node.events()
     assert events.index("downloaded") < events.index("leased") < events.index("execution_started")
@@ -79,7 +79,7 @@ async def test_a_task_that_ends_within_the_timeout_is_not_leased(tmp_path: Path)
     delivery = await run(node, encode(task(timeout=44)), BROKER)
 
     assert delivery.leased is None
-    assert not any(entry.startswith("detach") for entry in node.journal)
+    assert not any(entry.startswith("lease") for entry in node.journal)
     assert delivery.acked
     assert "leased" not in node.events()
 

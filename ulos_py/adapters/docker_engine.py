@@ -34,8 +34,8 @@ import requests.exceptions
 import structlog
 from docker.types import LogConfig
 
-from ulos_py.errors import EngineUnavailable, ExecutionCrashed, ImageMissing
-from ulos_py.ports import ContainerExit, ContainerSpec
+from ulos_py.errors import EngineError, EngineUnavailable, ImageMissing
+from ulos_py.execution.containers import ContainerExit, ContainerSpec
 
 log = structlog.get_logger(__name__)
 
@@ -60,13 +60,13 @@ def translated(doing: str, image: str | None = None) -> Iterator[None]:
         yield
     except docker.errors.ImageNotFound as exc:
         if image is None:
-            raise ExecutionCrashed(f"{doing}: {exc.explanation}") from exc
+            raise EngineError(f"{doing}: {exc.explanation}") from exc
         raise ImageMissing(
             f"image {image!r} is not on the Docker engine at {engine_url()}: "
             "build it with `ulos-py executors build`"
         ) from exc
     except docker.errors.APIError as exc:
-        raise ExecutionCrashed(f"{doing}: Docker engine said {exc.explanation}") from exc
+        raise EngineError(f"{doing}: Docker engine said {exc.explanation}") from exc
     except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
         raise EngineUnavailable(
             f"{doing}: the Docker engine at {engine_url()} does not answer ({exc})"
@@ -164,9 +164,9 @@ class DockerEngine:
         except EngineUnavailable:
             self._leftover(name)
             return
-        except ExecutionCrashed:
+        except EngineError:
             return
-        with suppress(ExecutionCrashed):
+        with suppress(EngineError):
             await self._remove(container_id)
 
     def _leftover(self, container: str) -> None:
@@ -180,16 +180,6 @@ class DockerEngine:
     def leftovers(self) -> frozenset[str]:
         """Containers (ids or names) whose removal awaits the engine's return."""
         return self._leftovers.pending
-
-    async def image_exists(self, image: str) -> bool:
-        def exists(api: docker.APIClient) -> bool:
-            try:
-                api.inspect_image(image)
-            except docker.errors.ImageNotFound:
-                return False
-            return True
-
-        return await self.call(f"looking for image {image!r}", exists)
 
     def close(self) -> None:
         self._leftovers.stop()
@@ -244,14 +234,14 @@ class _Leftovers:
                 existed = await remove(container)
             except EngineUnavailable:
                 return  # still away: all of them wait for the next round
-            except ExecutionCrashed as exc:  # the engine answered, but no
+            except EngineError as exc:  # the engine answered, but no
                 self._refused(container, exc)
                 continue
             del self._refusals[container]
             if existed:
                 log.info("leftover_container_removed", container=container)
 
-    def _refused(self, container: str, exc: ExecutionCrashed) -> None:
+    def _refused(self, container: str, exc: EngineError) -> None:
         self._refusals[container] += 1
         if self._refusals[container] < SWEEP_ATTEMPTS:
             log.warning("leftover_container_not_removed", container=container, reason=str(exc))
@@ -356,7 +346,7 @@ def _put(api: docker.APIClient, container_id: str, directory: str, tar: BinaryIO
     # to disk; small tars are sent as bytes instead.
     data: bytes | BinaryIO = tar.read() if size <= IN_MEMORY_TAR else tar
     if not api.put_archive(container_id, directory, data):
-        raise ExecutionCrashed(f"the engine refused the task files at {directory}")
+        raise EngineError(f"the engine refused the task files at {directory}")
 
 
 def _start(api: docker.APIClient, container_id: str) -> None:
@@ -379,12 +369,12 @@ def _get(
     try:
         chunks, _ = api.get_archive(container_id, path, chunk_size=1 << 16)
     except docker.errors.NotFound as exc:
-        raise ExecutionCrashed(f"the container removed its task directory {path}") from exc
+        raise EngineError(f"the container removed its task directory {path}") from exc
     written = 0
     for chunk in chunks:
         written += len(chunk)
         if written > max_bytes:
-            raise ExecutionCrashed(f"the container's task directory is over {max_bytes} bytes")
+            raise EngineError(f"the container's task directory is over {max_bytes} bytes")
         into.write(chunk)
     into.seek(0)
 

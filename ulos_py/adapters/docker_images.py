@@ -13,7 +13,7 @@ import docker
 import docker.errors
 
 from ulos_py.adapters.docker_engine import LABEL, client_from_env, engine_url, translated
-from ulos_py.errors import ExecutionCrashed
+from ulos_py.errors import EngineError, EngineUnavailable, ImageBuildFailed
 
 Progress = Callable[[str], None]
 
@@ -44,21 +44,32 @@ class DockerImages:
         return None
 
     def build(self, folder: Path, tag: str, base_image: str, progress: Progress) -> None:
-        with translated(f"building {tag} from {folder}"):
-            stream = self._api.build(
-                path=str(folder),
-                tag=tag,
-                buildargs={"BASE_IMAGE": base_image},
-                rm=True,
-                forcerm=True,
-                decode=True,
-                labels={LABEL: "executor-image"},
-            )
-            for event in stream:
-                if "error" in event:
-                    raise ExecutionCrashed(f"building {tag} failed: {event['error'].strip()}")
-                if text := str(event.get("stream", "")).strip():
-                    progress(text)
+        """Build `tag` from `folder`; ImageBuildFailed when the build itself fails (a step
+        of the Dockerfile, a missing file or base), EngineUnavailable when nobody answers."""
+        doing = f"building {tag} from {folder}"
+        try:
+            with translated(doing):
+                stream = self._api.build(
+                    path=str(folder),
+                    tag=tag,
+                    buildargs={"BASE_IMAGE": base_image},
+                    rm=True,
+                    forcerm=True,
+                    decode=True,
+                    labels={LABEL: "executor-image"},
+                )
+                failure: str | None = None
+                for event in stream:  # to its end, which releases the engine's connection
+                    if "error" in event:
+                        failure = failure or str(event["error"]).strip()
+                    elif text := str(event.get("stream", "")).strip():
+                        progress(text)
+                if failure is not None:
+                    raise ImageBuildFailed(f"{doing} failed: {failure}")
+        except (ImageBuildFailed, EngineUnavailable):
+            raise
+        except EngineError as exc:  # the engine refused the build request itself
+            raise ImageBuildFailed(str(exc)) from exc
 
     def import_root_fs(self, tar_file: Path, image: str) -> None:
         repository, _, tag = image.partition(":")

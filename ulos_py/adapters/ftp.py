@@ -31,8 +31,8 @@ from typing import Any, BinaryIO
 import aioftp
 import structlog
 
-from ulos_py.errors import StorageError, StorageRefused, StorageUnavailable
-from ulos_py.settings import ConnectionSettings, TlsOptions
+from ulos_py.errors import ConfigError, StorageError, StorageRefused, StorageUnavailable
+from ulos_py.settings import ConnectionSettings, TlsOptions, tls_refusal
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,8 @@ FILE_BLOCK = 1 << 20
 """Disk I/O unit for large files: big enough that a thread hop per block is cheap."""
 TIMEOUT = 30.0
 CLOSE_TIMEOUT = 5.0
+LOGIN_CHECK_TIMEOUT = 10.0
+"""Seconds a node waits at start for the FTP server's answer before it goes on without."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,29 @@ class FtpStorage:
                 f"the FTP server at {where} refused explicit TLS (AUTH TLS, PROT P): "
                 f"it answered {_answer(exc)}; check REMOTE_STORAGE_TLS"
             ) from exc
+
+    async def check_login(self) -> None:
+        """Log in once, so what no retry can fix stops a node at start, as a wrong broker
+        password does: credentials the server refuses, a certificate we do not trust, a
+        server that will not speak TLS (ConfigError). A server that does not answer is
+        StorageUnavailable: it may come back, and tasks retry. The connection is kept."""
+        where = f"the FTP server at {self._address.host}:{self._address.port}"
+        try:
+            async with asyncio.timeout(LOGIN_CHECK_TIMEOUT), self._client():
+                pass
+        except aioftp.StatusCodeError as exc:
+            if not any(str(code).startswith("5") for code in exc.received_codes):
+                raise StorageUnavailable(f"{where} answered {_answer(exc)}") from exc
+            raise ConfigError(
+                f"{where} refused user {self._address.username!r} ({_answer(exc)}): check "
+                "REMOTE_STORAGE_USERNAME and REMOTE_STORAGE_PASSWORD"
+            ) from exc
+        except StorageRefused as exc:  # it would not speak TLS (see _upgrade)
+            raise ConfigError(str(exc)) from exc
+        except (OSError, TimeoutError, EOFError) as exc:
+            if (refusal := tls_refusal(exc, where, "REMOTE_STORAGE")) is not None:
+                raise refusal from exc
+            raise _translate(exc, f"logging in to {where}") from exc
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[aioftp.Client]:

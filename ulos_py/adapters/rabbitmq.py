@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from aio_pika.abc import (
 
 from ulos_py.errors import BrokerUnavailable, ConfigError, PublishError
 from ulos_py.ports import Envelope
-from ulos_py.settings import ConnectionSettings, TlsOptions
+from ulos_py.settings import ConnectionSettings, TlsOptions, tls_refusal
 
 log = structlog.get_logger(__name__)
 
@@ -111,7 +110,7 @@ async def connect(address: BrokerAddress) -> AbstractRobustConnection:
             "and MESSAGE_BROKER_PASSWORD"
         ) from exc
     except (OSError, aiormq.exceptions.AMQPConnectionError) as exc:
-        if (refusal := _tls_refusal(exc, f"the broker at {where}", "MESSAGE_BROKER")) is not None:
+        if (refusal := tls_refusal(exc, f"the broker at {where}", "MESSAGE_BROKER")) is not None:
             raise refusal from exc
         reason = str(exc) or type(exc).__name__
         raise BrokerUnavailable(
@@ -128,27 +127,6 @@ def _reset_hint(exc: BaseException, tls: TlsOptions | None) -> str:
     if tls.cert_file is None:
         return " (if the broker wants a client certificate: MESSAGE_BROKER_TLS_CERT_FILE)"
     return ""
-
-
-def _tls_refusal(exc: BaseException, who: str, prefix: str) -> ConfigError | None:
-    """The ConfigError for a TLS handshake that failed (aiormq wraps the ssl error), if
-    that is what `exc` is: retrying cannot help, the settings or the certificate must change."""
-    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return ConfigError(
-            f"{who} showed a certificate that is not trusted ({cause.verify_message}): check "
-            f"{prefix}_TLS_CA_FILE (the CA that signed it), {prefix}_HOST (a name the "
-            f"certificate holds) or {prefix}_TLS_VERIFY"
-        )
-    if isinstance(cause, ssl.SSLError):
-        reason = str(cause.reason or cause)
-        check = (  # the server's alert about our certificate, e.g. CERTIFICATE_REQUIRED
-            f"{prefix}_TLS_CERT_FILE and {prefix}_TLS_KEY_FILE (a client certificate it trusts)"
-            if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason)
-            else f"that {prefix}_PORT is its TLS port and {prefix}_TLS"
-        )
-        return ConfigError(f"TLS with {who} failed ({reason}): check {check}")
-    return None
 
 
 async def connect_when_up(

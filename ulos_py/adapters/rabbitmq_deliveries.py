@@ -1,7 +1,7 @@
 """A consumed delivery as the lifecycle settles it, and the consumer that hands them out.
 
-Besides ack and reject, a delivery can be put back counted (`requeue_counted`, so a task
-that crashes every time stops after ULOS_MAX_DELIVERIES) and leased (`detach`, for a task
+Besides ack and reject, a delivery can be put back counted (`put_back_counted`, so a task
+that crashes every time stops after ULOS_MAX_DELIVERIES) and leased (`lease`, for a task
 that may outlast the broker's consumer timeout: the task moves into a queue of its own
 whose TTL dead-letters it back if the node dies). Leases borrow places from the prefetch
 window (`PrefetchWindow`), which is why the consumer lives here too.
@@ -36,7 +36,7 @@ DELIVERIES_HEADER = "x-ulos-deliveries"
 """Our count of a message's deliveries, carried across counted requeues."""
 
 LEASE_PREFIX = "ulos-lease."
-"""Names of the queues that hold leased tasks (see `RabbitDelivery.detach`). A broker user
+"""Names of the queues that hold leased tasks (see `RabbitDelivery.lease`). A broker user
 with restricted permissions needs configure, write and read on `^ulos-lease\\.`."""
 LEASE_QUEUE_GRACE = 60.0
 """Seconds a lease queue outlives its task's TTL (`x-expires`): a queue that expires drops
@@ -79,8 +79,8 @@ class RabbitDelivery:
         self._queue = consumer.queue
         self._publisher = consumer.publisher
         self._window = consumer.window
-        self._lease: str | None = None
-        """The lease queue holding the task once `detach` took it off the delivery."""
+        self._lease_queue: str | None = None
+        """The lease queue holding the task once `lease` took it off the delivery."""
 
     @property
     def body(self) -> bytes:
@@ -90,12 +90,8 @@ class RabbitDelivery:
     def priority(self) -> int | None:
         return self._message.priority
 
-    @property
-    def redelivered(self) -> bool:
-        return bool(self._message.redelivered)
-
     async def ack(self) -> None:
-        if self._lease is not None:
+        if self._lease_queue is not None:
             await self._release_lease()
             return
         try:
@@ -104,7 +100,7 @@ class RabbitDelivery:
             raise SettleFailed(f"cannot ack, broker connection lost: {exc}") from exc
 
     async def reject(self, requeue: bool) -> None:
-        if self._lease is not None:
+        if self._lease_queue is not None:
             await self._return_leased(requeue)
             return
         try:
@@ -123,25 +119,24 @@ class RabbitDelivery:
             return quorum + 1
         return 2 if self._message.redelivered else 1
 
-    async def requeue_counted(self) -> None:
+    async def put_back_counted(self) -> None:
         try:
             await self._publisher.publish_raw(
                 self._copy(self.delivery_count + 1), exchange="", routing_key=self._queue
             )
         except PublishError as exc:
             raise SettleFailed(f"cannot requeue: {exc}") from exc
-        await self.ack()
 
-    async def detach(self, seconds: float) -> bool:
+    async def lease(self, seconds: float) -> bool:
         """Lease the task: a confirmed copy goes into a queue of its own whose TTL is `seconds`
         and whose dead-letter target is this delivery's queue, then the delivery is acked.
 
-        While the node lives it settles the lease (`ack` deletes it; `reject` and
-        `requeue_counted` put a copy back on the queue first); if the node dies, the broker
+        While the node lives it settles the lease (`ack` deletes it; `reject` puts a copy
+        back on the queue first); if the node dies, the broker
         dead-letters the task back to its queue when the TTL runs out. A lease uses only
         what every RabbitMQ since 3.0 has (message TTL, dead-lettering, queue expiry).
         """
-        if self._lease is not None:
+        if self._lease_queue is not None:
             return True
         stage = self._queue.encode()[:200].decode(errors="ignore")  # names are <= 255 bytes
         name = f"{LEASE_PREFIX}{stage}.{uuid.uuid4().hex}"
@@ -160,26 +155,27 @@ class RabbitDelivery:
             await _delete_queue(self._connection, name)
             return False
         await self._window.narrow()  # before the ack frees the delivery's place
-        try:
+        try:  # the task is the lease's now; the lifecycle settles the lease, not this ack
             await self._message.ack()
         except BROKER_LOST as exc:
             await _delete_queue(self._connection, name)  # the broker delivers the task again
             await self._window.widen()
             raise SettleFailed(f"cannot lease the task, broker connection lost: {exc}") from exc
-        self._lease = name
+        self._lease_queue = name
         return True
 
     async def _release_lease(self) -> None:
         """The leased task is settled: delete its lease, which nobody may run again."""
-        assert self._lease is not None
+        assert self._lease_queue is not None
         try:
-            held = await _delete_queue(self._connection, self._lease)
+            held = await _delete_queue(self._connection, self._lease_queue)
         finally:  # the task no longer holds a slot of the node, whatever the broker said
             await self._window.widen()
         if held is None:
-            raise SettleFailed(f"cannot delete the lease {self._lease}: broker connection lost")
+            lost = f"cannot delete the lease {self._lease_queue}: broker connection lost"
+            raise SettleFailed(lost)
         if held == 0:  # the TTL ran out first: the broker has given the task back already
-            log.warning("lease_expired", lease=self._lease, queue=self._queue)
+            log.warning("lease_expired", lease=self._lease_queue, queue=self._queue)
 
     async def _return_leased(self, requeue: bool) -> None:
         """Put a leased task back on its queue: to be run again (counted as a delivery), or,
@@ -273,7 +269,9 @@ async def consume(
     channel's prefetch count (0: none), whose window leases narrow (see PrefetchWindow)."""
 
     async def deliver(message: AbstractIncomingMessage) -> None:
-        if _rejected_for_good(message):  # its node decided and reported; the queue dead-letters
+        # Settled here, not in the lifecycle: another node's lifecycle already rejected this
+        # task for good and reported it; this reject only lets the queue dead-letter it.
+        if _rejected_for_good(message):
             log.info("leased_task_rejected", queue=queue.name, message_id=message.message_id)
             with suppress(*BROKER_LOST):  # if not, the broker delivers it again
                 await message.reject(requeue=False)

@@ -4,6 +4,8 @@
 
 A timeout, a cancellation or a node shutdown cancels `run`; the engine's container context
 kills and removes the container before the cancellation goes on, so none outlives its task.
+The engine's errors (it does not answer, the image is missing, it refused) are the task's
+ExecutionCrashed here, with the engine's words as the detail.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ulos_py.archive import ArchiveLimits
+from ulos_py.errors import EngineError, ExecutionCrashed
+from ulos_py.execution.containers import ContainerEngine, ContainerExit, ContainerSpec
 from ulos_py.execution.docker_spec import DockerExecutorSpec, parse_size
 from ulos_py.execution.transfer import (
     pack_for_container,
@@ -23,13 +27,7 @@ from ulos_py.execution.transfer import (
     unpack_from_container,
 )
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import (
-    ContainerEngine,
-    ContainerExit,
-    ContainerSpec,
-    ExecutionResult,
-    TimeoutPolicy,
-)
+from ulos_py.ports import ExecutionResult, TimeoutPolicy
 
 
 @dataclass(frozen=True)
@@ -53,12 +51,15 @@ class DockerExecutor:
         files_in = await asyncio.to_thread(pack_for_container, workdir, mount, owner)
         files_out = spool()
         try:
-            async with self.engine.container(self._container_spec(stage)) as container:
-                await container.copy_in(str(mount.parent), files_in)
-                await container.start()
-                ended = await container.wait()
-                output = await container.output()
-                await container.copy_out(str(mount), files_out, stream_limit(self.limits))
+            try:
+                async with self.engine.container(self._container_spec(stage)) as container:
+                    await container.copy_in(str(mount.parent), files_in)
+                    await container.start()
+                    ended = await container.wait()
+                    output = await container.output()
+                    await container.copy_out(str(mount), files_out, stream_limit(self.limits))
+            except EngineError as exc:
+                raise ExecutionCrashed(str(exc)) from exc
             left_out = await asyncio.to_thread(_replace_files, workdir, files_out, self.limits)
         finally:
             files_in.close()
