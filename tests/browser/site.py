@@ -34,6 +34,8 @@ MESSAGES = ROOT / "testing-messages"
 DEMO = ("pass", "fail", "crash", "skip", "chain-pass", "chain-fail", "chain-crash")
 """The sample messages whose stages the built-in executors serve."""
 ENDS = ("lab.passed", "lab.failed")
+STUCK_AFTER = 3
+"""Seconds a task may wait at a stage before the tracker calls it stuck (short, to see it)."""
 
 
 def free_port() -> int:
@@ -164,6 +166,7 @@ def tracker_values(
         "ULOS_TRACKER_QUEUE": names.queue("tracker"),
         "ULOS_TRACKER_PORT": port,
         "ULOS_TRACKER_DATABASE": database,
+        "ULOS_TRACKER_STUCK_AFTER": STUCK_AFTER,
         "ULOS_LOG_FORMAT": "json",
     }
 

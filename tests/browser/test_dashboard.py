@@ -221,6 +221,27 @@ def test_a_journey_page_follows_its_task_live(
     assert stages == [f"testing-{n}" for n in range(1, 5)]
 
 
+def test_a_stuck_task_is_highlighted_on_the_overview(
+    browser: webdriver.Chrome, site: Site, shoot: Shoot
+) -> None:
+    # Passed on to `lab.passed` with a further stage after it: waiting where no node serves.
+    task = site.chain(f"{site.prefix}-stuck", stages=1)
+    task["routingTree"]["successRoutingDecision"]["successRoutingDecision"] = {
+        "exchange": site.names.exchange,
+        "routingKey": "lab.graded",
+    }
+    site.upload(task["filePath"])
+    site.publish(task)
+    browser.get(site.url + "/")
+
+    def highlighted(driver: webdriver.Chrome) -> bool:
+        return task["taskId"] in texts(driver, "#stuck.alarm tr.row-stuck .task-link")
+
+    wait_until(browser, highlighted, "the stuck task highlighted on the live overview", 40)
+    assert int(texts(browser, ".card-stuck .count")[0]) >= 1
+    assert texts(browser, ".card-stuck.alarm")
+
+
 def test_the_owner_page_lists_submissions_with_the_grade_sheet(
     browser: webdriver.Chrome, site: Site, demo: dict[str, str], shoot: Shoot
 ) -> None:

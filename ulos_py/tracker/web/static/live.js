@@ -1,6 +1,7 @@
 // Live pages: when the tracker's event stream says a task changed, fetch the page's live
 // part again (`?partial=1`, rendered and escaped by the server) and put it in place. At most
 // one fetch a second however many events come; a journey page only reacts to its own task.
+// Every 15 s it refreshes anyway: a task becomes stuck by the clock, with no event to say so.
 // Rows with data-href open their task. No framework, no build step.
 (function () {
   "use strict";
@@ -75,6 +76,11 @@
     status = document.getElementById("live-status");
     region = document.querySelector("main[data-live]");
     document.addEventListener("click", openRow);
-    if (region) { listen(); } else { say("", "off"); }
+    if (region) {
+      listen();
+      setInterval(refresh, 15000);
+    } else {
+      say("", "off");
+    }
   });
 })();
