@@ -173,6 +173,9 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             counts = (await client.get("/api/counts")).json()
             assert counts["unreadable"] == 1
             assert counts["tasks"] == 2
+            bad_cursor = await client.get("/api/tasks", params={"cursor": "nope"})
+            assert bad_cursor.status_code == 422
+            assert (await client.get("/api/tasks", params={"state": "odd"})).status_code == 422
             listed = (await client.get("/api/tasks", params={"q": "t-"})).json()
             assert [i["taskId"] for i in listed["items"]] == ["t-while-down", "t-delivered"]
             nodes = (await client.get("/api/nodes")).json()["items"]

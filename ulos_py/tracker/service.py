@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import structlog
 import uvicorn
 from fastapi import APIRouter
+from sqlalchemy.exc import SQLAlchemyError
 
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
@@ -55,10 +56,16 @@ def _listen(settings: TrackerSettings) -> socket.socket:
 
 
 async def _purge(store: Store, settings: TrackerSettings) -> None:
+    """Apply the retention now and every PURGE_EVERY seconds; a database that fails this
+    time is tried again next time (the ingest reports the outage)."""
     while True:
-        forgotten = await store.purge(settings.retention)
-        if forgotten:
-            log.info("tracker_retention", forgotten=forgotten, days=settings.retention_days)
+        try:
+            forgotten = await store.purge(settings.retention)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("tracker_retention_failed", reason=str(exc).splitlines()[0])
+        else:
+            if forgotten:
+                log.info("tracker_retention", forgotten=forgotten, days=settings.retention_days)
         await asyncio.sleep(PURGE_EVERY)
 
 
