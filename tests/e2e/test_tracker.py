@@ -139,7 +139,12 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             await line.publish(
                 task("t-delivered", "/a.zip", stage(ex, "skip", stage(ex, "next-key")))
             )
-            done = await until(lambda: journey_in(client, "t-delivered", "delivered"), "delivered")
+
+            async def settled() -> Any:
+                found = await journey_in(client, "t-delivered", "delivered")
+                return found if found and "acked" in found["visits"][-1]["steps"] else None
+
+            done = await until(settled, "delivered and acked")
             [visit] = done["visits"]
             assert visit["stage"] == {"exchange": ex, "routingKey": "skip"}
             assert visit["nodeId"] == f"{names.prefix}-node"
