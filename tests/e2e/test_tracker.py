@@ -139,7 +139,12 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             await line.publish(
                 task("t-delivered", "/a.zip", stage(ex, "skip", stage(ex, "next-key")))
             )
-            done = await until(lambda: journey_in(client, "t-delivered", "delivered"), "delivered")
+
+            async def settled() -> Any:
+                found = await journey_in(client, "t-delivered", "delivered")
+                return found if found and "acked" in found["visits"][-1]["steps"] else None
+
+            done = await until(settled, "delivered and acked")
             [visit] = done["visits"]
             assert visit["stage"] == {"exchange": ex, "routingKey": "skip"}
             assert visit["nodeId"] == f"{names.prefix}-node"
@@ -173,6 +178,9 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             counts = (await client.get("/api/counts")).json()
             assert counts["unreadable"] == 1
             assert counts["tasks"] == 2
+            bad_cursor = await client.get("/api/tasks", params={"cursor": "nope"})
+            assert bad_cursor.status_code == 422
+            assert (await client.get("/api/tasks", params={"state": "odd"})).status_code == 422
             listed = (await client.get("/api/tasks", params={"q": "t-"})).json()
             assert [i["taskId"] for i in listed["items"]] == ["t-while-down", "t-delivered"]
             nodes = (await client.get("/api/nodes")).json()["items"]

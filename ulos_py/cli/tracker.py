@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ def tracker(env_file: Path | None) -> None:
     it is stored, so a stopped tracker catches up from its queue when started again.
     """
     try:  # a node's install has no web stack: the CLI must load without it
-        from ulos_py.tracker.service import run_tracker  # noqa: F401
+        from ulos_py.tracker.service import run_tracker
         from ulos_py.tracker.settings import TrackerSettings
     except ImportError as exc:
         raise click.ClickException(
@@ -40,12 +41,12 @@ def tracker(env_file: Path | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     for name in ("aio_pika", "aiormq"):
         logging.getLogger(name).addHandler(logging.NullHandler())
-    asyncio.run(_main(settings))
+    asyncio.run(_main(run_tracker, settings))
 
 
-async def _main(settings: TrackerSettings) -> None:
-    from ulos_py.tracker.service import run_tracker  # the extra, checked above
-
+async def _main(
+    run: Callable[[TrackerSettings, asyncio.Event], Awaitable[None]], settings: TrackerSettings
+) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    await run_tracker(settings, stop)
+    await run(settings, stop)

@@ -8,10 +8,12 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import structlog
 import uvicorn
 from fastapi import APIRouter
+from sqlalchemy.exc import SQLAlchemyError
 
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
@@ -55,11 +57,24 @@ def _listen(settings: TrackerSettings) -> socket.socket:
 
 
 async def _purge(store: Store, settings: TrackerSettings) -> None:
+    """Apply the retention now and every PURGE_EVERY seconds; a database that fails this
+    time is tried again next time (the ingest reports the outage)."""
     while True:
-        forgotten = await store.purge(settings.retention)
-        if forgotten:
-            log.info("tracker_retention", forgotten=forgotten, days=settings.retention_days)
+        try:
+            forgotten = await store.purge(settings.retention)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("tracker_retention_failed", reason=str(exc).splitlines()[0])
+        else:
+            if forgotten:
+                log.info("tracker_retention", forgotten=forgotten, days=settings.retention_days)
         await asyncio.sleep(PURGE_EVERY)
+
+
+def _reraise(ended: set[asyncio.Task[Any]]) -> None:
+    """A part that ended by itself failed: its error stops the tracker."""
+    for task in ended:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
 
 
 async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: APIRouter) -> None:
@@ -83,28 +98,27 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
             settings.token.get_secret_value() if settings.token else None,
             output_max_bytes=settings.output_max_bytes,
         )
-        workers = [
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        background = [
             asyncio.create_task(
                 ingest(
                     queue, store, status, changes.publish, settings.batch_size, settings.batch_wait
                 )
             ),
             asyncio.create_task(_purge(store, settings)),
-            asyncio.create_task(server.serve(sockets=[sock])),
         ]
         host, port = sock.getsockname()[:2]
         log.info("tracker_started", url=f"http://{host}:{port}", queue=settings.queue)
         stopping = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopping, *workers], return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        for task in [*workers, stopping]:
-            if task is not workers[2]:
-                task.cancel()
-        await asyncio.wait(workers, timeout=10)
-        await queue.close()
-        for task in done:
-            if task is not stopping and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        done, _ = await asyncio.wait(
+            [stopping, serving, *background], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in [stopping, *background]:
+            task.cancel()
+        server.should_exit = True  # uvicorn finishes the requests it has
+        await asyncio.wait([serving, *background], timeout=10)
+        await queue.close()  # what was taken and not stored goes back to the queue
+        _reraise(done - {stopping})
     finally:
         await storage.close()
         await connection.close()
