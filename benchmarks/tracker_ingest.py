@@ -10,7 +10,7 @@ and by the tracker's own ingest (the same, plus the journey fold and the derived
 and the ratio tracker/bare is reported. Then the store is filled with `--tasks` tasks
 (`--tasks` times 7 notices' worth of derived rows, inserted directly) and the p95 latency of
 `GET /api/tasks/{id}` and of a filtered list page is measured through the HTTP app.
-PostgreSQL is a private cluster from tests/postgres.py. Needs RabbitMQ (`--broker-url`).
+PostgreSQL is a private cluster from tests/support/postgres.py. Needs RabbitMQ (`--broker-url`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from sqlalchemy import Column, MetaData, String, Table, Text, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.journeys import Node
-from tests.postgres import start_postgres
+from tests.support.journeys import Node
+from tests.support.postgres import start_postgres
 from ulos_py.adapters.notice_queue import NoticeQueue
 from ulos_py.tracker.api import Tracker, create_app
 from ulos_py.tracker.events import Changes

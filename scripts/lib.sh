@@ -106,7 +106,7 @@ build_executor_images() {
 }
 
 ensure_postgres() {
-    # The tracker's tests start a private PostgreSQL cluster of their own (tests/postgres.py)
+    # The tracker's tests start a private PostgreSQL cluster of their own (tests/support/postgres.py)
     # from the Debian packages; nothing here starts the packaged one.
     local pg_bin="${ULOS_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}"
     [ -x "$pg_bin/initdb" ] || apt_install postgresql

@@ -12,21 +12,18 @@ import contextlib
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.browser.site import Site, running_site
-from tests.conftest import Broker, FtpServer
+from tests.support.browser import SHOTS, Shoot
+from tests.support.dashboard_site import Site, running_site
+from tests.support.services import Broker, FtpServer
 
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / ".run" / "screenshots"
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = (
@@ -41,7 +38,6 @@ FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1280,900",
 )
-Shoot = Callable[[str], Path]
 
 
 @pytest.fixture(scope="session")
@@ -106,16 +102,3 @@ def site(
     database = f"sqlite:///{work / 'tracker.sqlite3'}"
     with running_site(broker, ftp_server, work / "node", database) as running:
         yield running
-
-
-def wait_until(
-    driver: webdriver.Chrome,
-    check: Callable[[webdriver.Chrome], Any],
-    what: str,
-    timeout: float = 30,
-) -> Any:
-    """Until `check(driver)` gives something true; fails naming `what`."""
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(check)
-    except TimeoutException:
-        pytest.fail(f"{what}: not within {timeout} s", pytrace=False)

@@ -11,8 +11,8 @@ from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
-from tests.browser.conftest import Shoot, wait_until
-from tests.browser.site import DEMO, Site
+from tests.support.browser import Shoot, wait_until
+from tests.support.dashboard_site import DEMO, Site
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("broker")]
 

@@ -15,10 +15,10 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from tests.browser.bulk import fill
-from tests.browser.conftest import SHOTS, Shoot
-from tests.browser.site import Site, running_site
-from tests.conftest import Broker, FtpServer
+from tests.support.browser import SHOTS, Shoot
+from tests.support.bulk_tasks import fill
+from tests.support.dashboard_site import Site, running_site
+from tests.support.services import Broker, FtpServer
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-StartCli = Callable[..., subprocess.Popen[str]]
-
-
-def settings_env(values: dict[str, Any]) -> dict[str, str]:
-    """A process environment from a settings dict, on top of a clean copy of ours."""
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MESSAGE_BROKER", "ULOS_"))}
-    return {**keep, **{k: str(v) for k, v in values.items()}}
+from tests.support.cli import (
+    ROOT,
+    StartCli,
+)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.support.cli import ROOT
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("executor_images", "broker")]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tests.conftest import Broker, Engine, FtpServer
-from tests.e2e.conftest import ROOT, StartCli
-from tests.e2e.test_chain import apply_sample_topology, follow, sample_node_env
-from tests.integration.test_docker import zip_folder
+from tests.support.cli import ROOT, StartCli
+from tests.support.docker_probe import zip_folder
+from tests.support.sample_chain import apply_sample_topology, follow, sample_node_env
+from tests.support.services import Broker, Engine, FtpServer
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("executor_images")]
 

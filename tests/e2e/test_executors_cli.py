@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.support.cli import ROOT
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("executor_images")]
 

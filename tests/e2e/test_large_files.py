@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import StartCli, settings_env
-from tests.harness import Pipeline, make_zip, node_values, pipeline, stage, task
+from tests.support.cli import StartCli, settings_env
+from tests.support.harness import Pipeline, make_zip, node_values, pipeline, stage, task
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.e2e.test_processes import arrivals, node_env, publish_tasks
-from tests.harness import Pipeline, node_values, pipeline
+from tests.support.cli import ROOT, StartCli, settings_env
+from tests.support.harness import Pipeline, node_values, pipeline
+from tests.support.node_processes import arrivals, node_env, publish_tasks
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.harness import (
+from tests.support.cli import ROOT, StartCli, settings_env
+from tests.support.harness import (
     Pipeline,
     close_connection_named,
     make_zip,
@@ -22,6 +21,7 @@ from tests.harness import (
     stage,
     task,
 )
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(90)
 

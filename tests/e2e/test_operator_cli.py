@@ -16,10 +16,10 @@ import aio_pika
 import jsonschema
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, settings_env
-from tests.e2e.test_chain import broker_env
-from tests.harness import next_message
+from tests.support.cli import ROOT, settings_env
+from tests.support.harness import next_message
+from tests.support.sample_chain import broker_env
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,9 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import StartCli, settings_env
-from tests.harness import Pipeline, make_zip, node_values, pipeline, stage, task
+from tests.support.cli import StartCli
+from tests.support.harness import Pipeline, pipeline
+from tests.support.node_processes import (
+    arrivals,
+    node_env,
+    publish_tasks,
+)
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,40 +29,6 @@ pytestmark = pytest.mark.timeout(120)
 async def line(names: Names, amqp):  # type: ignore[no-untyped-def]
     async with pipeline(names, amqp) as created:
         yield created
-
-
-def slow_registry(tmp_path: Path, seconds: float) -> Path:
-    path = tmp_path / "registry.toml"
-    path.write_text(
-        '[[route]]\nstage = "work"\nexecutor = "work"\n\n'
-        f'[executor.work]\nkind = "builtin"\nbehaviour = "pass"\ndelay_seconds = {seconds}\n'
-    )
-    return path
-
-
-def node_env(
-    names: Names, broker: Broker, ftp: FtpServer, tmp_path: Path, seconds: float, **extra: object
-) -> dict[str, str]:
-    values = node_values(
-        names,
-        broker,
-        ftp,
-        tmp_path / "work",
-        MESSAGE_BROKER_PREFETCH_COUNT=1,
-        ULOS_EXECUTORS_FILE=slow_registry(tmp_path, seconds),
-        **extra,
-    )
-    return settings_env(values)
-
-
-async def publish_tasks(line: Pipeline, names: Names, ftp: FtpServer, count: int) -> list[str]:
-    path = f"/{names.prefix}/s.zip"
-    ftp.put(path, make_zip({"main.py": "print(1)\n"}))
-    tree = stage(names.exchange, "work", success=stage(names.exchange, "next-key"))
-    ids = [f"t{n:02d}" for n in range(count)]
-    for task_id in ids:
-        await line.publish(task(task_id, path, tree))
-    return ids
 
 
 def pid_of(node_id: str) -> int:
@@ -81,10 +52,6 @@ async def until_started(line: Pipeline, count: int) -> dict[str, str]:
         if notice["event"] == "execution_started":
             started[notice["taskId"]] = notice["nodeId"]
     return started
-
-
-async def arrivals(line: Pipeline, count: int, timeout: float = 60) -> list[dict[str, Any]]:
-    return [await line.next_json("next", timeout=timeout) for _ in range(count)]
 
 
 async def test_workers_share_the_queue_with_their_own_node_ids(

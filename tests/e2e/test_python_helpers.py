@@ -18,9 +18,8 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.harness import (
+from tests.support.cli import ROOT, StartCli, settings_env
+from tests.support.harness import (
     Pipeline,
     close_connection_named,
     make_zip,
@@ -28,6 +27,7 @@ from tests.harness import (
     pipeline,
     zip_names,
 )
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(90)
 

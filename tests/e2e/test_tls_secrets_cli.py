@@ -17,10 +17,10 @@ from typing import Any
 import aio_pika
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.harness import Pipeline, make_zip, node_values, pipeline, stage, task, zip_names
-from tests.tls_servers import Certificates, TlsBroker, free_port, secret
+from tests.support.cli import ROOT, StartCli, settings_env
+from tests.support.harness import Pipeline, make_zip, node_values, pipeline, stage, task, zip_names
+from tests.support.services import Broker, FtpServer, Names
+from tests.support.tls_servers import Certificates, TlsBroker, free_port, secret
 
 pytestmark = pytest.mark.timeout(120)
 

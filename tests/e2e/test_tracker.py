@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +16,12 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, StartCli, settings_env
-from tests.harness import make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.cli import ROOT, StartCli
+from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.services import Broker, FtpServer, Names
+from tests.support.tracker import free_port, tracker_env, until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tracker_env(names: Names, broker: Broker, database_url: str, port: int) -> dict[str, str]:
-    return settings_env(
-        {
-            "MESSAGE_BROKER_HOST": broker.host,
-            "MESSAGE_BROKER_PORT": broker.port,
-            "MESSAGE_BROKER_USERNAME": broker.username,
-            "MESSAGE_BROKER_PASSWORD": broker.password,
-            "ULOS_TRACKER_QUEUE": names.queue("tracker"),
-            "ULOS_TRACKER_PORT": port,
-            "ULOS_TRACKER_DATABASE": database_url,
-            "ULOS_TRACKER_STUCK_AFTER": 2,
-            "ULOS_LOG_FORMAT": "json",
-        }
-    )
-
-
-async def until(
-    check: Callable[[], Any], what: str, timeout: float = 30, every: float = 0.2
-) -> Any:
-    """Ask `check` until it gives something true; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
 
 
 async def journey_in(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.executors.conftest import EXECUTORS
+from tests.support.executors import EXECUTORS
 
 VALIDATOR = EXECUTORS / "gcode-check" / "validate.py"
 PRINTER = """\

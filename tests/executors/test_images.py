@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.executors.conftest import EXECUTOR_NAMES, EXECUTORS, Run, RunExecutor
+from tests.support.executors import EXECUTOR_NAMES, EXECUTORS, Run, RunExecutor
 
 SVG = "{http://www.w3.org/2000/svg}"
 EXAMPLES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.executors.conftest import EXECUTOR_NAMES, EXECUTORS, load_settings
+from tests.support.executors import EXECUTOR_NAMES, EXECUTORS, load_settings
 
 SHARED_PREFIX = "\n".join(
     [

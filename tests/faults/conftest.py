@@ -8,176 +8,25 @@ Docker case reaches the engine through a TCP proxy it can cut (see test_docker_e
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.ioloop import IOLoop
-from pyftpdlib.servers import ThreadedFTPServer
 
-from tests.conftest import FTP_PASSWORD, FTP_USER, ROOT, Broker, FtpServer, Names, _TestHandler
-from tests.faults.ledger import REPORT
-from tests.faults.pipeline import FaultLine, Nodes
-
-RABBIT_TOOLS = Path("/usr/lib/rabbitmq/bin")
-"""The Debian package's own scripts: run as us, not through the wrapper that becomes the
-`rabbitmq` user (whose cookie and data belong to the shared broker)."""
-REPORT_FILE = ROOT / ".run" / "faults.txt"
-
-
-def rabbit_tool(name: str) -> str:
-    direct = RABBIT_TOOLS / name
-    if direct.is_file():
-        return str(direct)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: install rabbitmq-server (scripts/test does)", pytrace=False)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class PrivateBroker:
-    """A RabbitMQ node of the test's own, which the test may stop and start at will."""
-
-    home: Path
-    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    port: int = field(default_factory=free_port)
-    dist_port: int = field(default_factory=free_port)
-
-    @property
-    def node(self) -> str:
-        return f"ulos-fault-{self.tag}@localhost"
-
-    @property
-    def broker(self) -> Broker:
-        return Broker("127.0.0.1", self.port, "guest", "guest")
-
-    @property
-    def env(self) -> dict[str, str]:
-        home = str(self.home)
-        return {
-            **os.environ,
-            "HOME": home,  # its own Erlang cookie
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": f"{home}/mnesia",
-            "RABBITMQ_LOG_BASE": f"{home}/log",
-            "RABBITMQ_CONFIG_FILE": f"{home}/rabbitmq",  # .conf is added
-            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{home}/enabled_plugins",
-            "RABBITMQ_PID_FILE": f"{home}/rabbitmq.pid",
-        }
-
-    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [rabbit_tool("rabbitmqctl"), "-q", "-n", self.node, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
-        )
-        (self.home / "enabled_plugins").write_text("[].\n")
-        cookie = self.home / ".erlang.cookie"
-        cookie.write_text(uuid.uuid4().hex.upper())
-        cookie.chmod(0o400)
-        subprocess.run(
-            [rabbit_tool("rabbitmq-server"), "-detached"],
-            env=self.env,
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        self.await_startup()
-
-    def await_startup(self, seconds: float = 90) -> None:
-        """The detached node registers with epmd a moment after it is launched: until then
-        `await_startup` fails at once, so it is asked again."""
-        deadline = time.monotonic() + seconds
-        while True:
-            result = self.ctl("await_startup", "--timeout", "30")
-            if result.returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"private RabbitMQ {self.node} did not start: {result.stderr[-500:]}\n"
-                    f"{self.log_tail()}",
-                    pytrace=False,
-                )
-            time.sleep(0.5)
-
-    def log_tail(self) -> str:
-        logs = sorted((self.home / "log").glob("*.log"))
-        return "".join(log.read_text(errors="replace")[-2000:] for log in logs)
-
-    def stop_app(self) -> None:
-        result = self.ctl("stop_app")
-        assert result.returncode == 0, result.stderr
-
-    def start_app(self) -> None:
-        result = self.ctl("start_app")
-        assert result.returncode == 0, result.stderr
-        self.await_startup()
-
-    def close_connections(self, name_part: str) -> int:
-        """Close the client connections whose given name contains `name_part` (the nodes'
-        are named `ulos-py node <node id>`), as a network drop would; how many."""
-        listed = self.ctl("list_connections", "--no-table-headers", "pid", "client_properties")
-        assert listed.returncode == 0, listed.stderr
-        closed = 0
-        for row in listed.stdout.splitlines():
-            pid, _, properties = row.partition("\t")
-            if '"connection_name"' in properties and name_part in properties:
-                result = self.ctl("close_connection", pid, "fault injection: connection dropped")
-                assert result.returncode == 0, result.stderr
-                closed += 1
-        return closed
-
-    def shutdown(self) -> None:
-        """Stop the node and its Erlang VM (by the pid it wrote), whatever state it is in."""
-        pid_file = self.home / "rabbitmq.pid"
-        pid = int(pid_file.read_text().strip()) if pid_file.is_file() else None
-        self.ctl("stop", timeout=60)
-        if pid is None:
-            return
-        deadline = time.monotonic() + 30
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _running(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.support.fault_pipeline import FaultLine, Nodes
+from tests.support.faults import (
+    REPORT_FILE,
+    MakeLine,
+    PrivateBroker,
+    RestartableFtp,
+)
+from tests.support.ledger import REPORT
+from tests.support.services import (
+    ROOT,
+    Broker,
+    Names,
+)
 
 
 @pytest.fixture(scope="module")
@@ -196,50 +45,6 @@ def private_broker(_private_rabbit: PrivateBroker) -> Iterator[PrivateBroker]:
     yield _private_rabbit
     if _private_rabbit.ctl("await_startup", "--timeout", "1").returncode != 0:
         _private_rabbit.start_app()
-
-
-class _OwnLoopFtpServer(ThreadedFTPServer):  # type: ignore[misc]
-    """pyftpdlib's threaded server keeps its exit flag on the class and serves on the
-    process-wide I/O loop, so closing one closes every server in the process (the session's
-    shared one too). This one has its own of both, and can be closed alone."""
-
-    def __init__(self, address: tuple[str, int], handler: type[_TestHandler]) -> None:
-        self._exit = threading.Event()
-        self._lock = threading.Lock()
-        super().__init__(address, handler, ioloop=IOLoop())
-
-
-@dataclass
-class RestartableFtp:
-    """A pyftpdlib server of the test's own that can go away and come back on its port."""
-
-    root: Path
-    port: int = 0
-    _server: ThreadedFTPServer | None = None
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        authorizer = DummyAuthorizer()
-        authorizer.add_user(FTP_USER, FTP_PASSWORD, str(self.root), perm="elradfmwMT")
-        handler = type("Handler", (_TestHandler,), {"authorizer": authorizer})
-        self._server = _OwnLoopFtpServer(("127.0.0.1", self.port), handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"timeout": 0.2}, daemon=True
-        )
-        self._thread.start()
-        self.port = self._server.address[1]
-
-    def stop(self) -> None:
-        """Close the listener and every open connection: the server is gone."""
-        if self._server is not None:
-            self._server.close_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    @property
-    def server(self) -> FtpServer:
-        return FtpServer("127.0.0.1", self.port, FTP_USER, FTP_PASSWORD, self.root, _TestHandler)
 
 
 @pytest.fixture
@@ -261,9 +66,6 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
         yield started
     finally:
         await started.stop_all()
-
-
-MakeLine = Callable[..., Awaitable[FaultLine]]
 
 
 @pytest.fixture

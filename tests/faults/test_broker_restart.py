@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FtpServer
-from tests.faults.conftest import MakeLine, PrivateBroker
-from tests.faults.pipeline import DONE, Nodes
+from tests.support.fault_pipeline import DONE, Nodes
+from tests.support.faults import MakeLine, PrivateBroker
+from tests.support.services import FtpServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(150)]
 

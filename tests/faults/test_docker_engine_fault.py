@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, Engine, FtpServer
-from tests.faults.conftest import MakeLine
-from tests.faults.pipeline import DONE, Nodes
-from tests.integration.test_docker import EngineProxy, probe_registry
+from tests.support.docker_probe import EngineProxy, probe_registry
+from tests.support.fault_pipeline import DONE, Nodes
+from tests.support.faults import MakeLine
+from tests.support.services import Broker, Engine, FtpServer
 
 pytestmark = [
     pytest.mark.fault,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker
-from tests.faults.conftest import MakeLine, RestartableFtp
-from tests.faults.pipeline import Nodes
+from tests.support.fault_pipeline import Nodes
+from tests.support.faults import MakeLine, RestartableFtp
+from tests.support.services import Broker
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 

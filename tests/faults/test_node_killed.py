@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer
-from tests.faults.conftest import MakeLine
-from tests.faults.ledger import redelivery
-from tests.faults.pipeline import DONE, Nodes
+from tests.support.fault_pipeline import DONE, Nodes
+from tests.support.faults import MakeLine
+from tests.support.ledger import redelivery
+from tests.support.services import Broker, FtpServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 

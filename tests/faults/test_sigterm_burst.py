@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer
-from tests.faults.conftest import MakeLine
-from tests.faults.pipeline import DONE, Nodes
+from tests.support.fault_pipeline import DONE, Nodes
+from tests.support.faults import MakeLine
+from tests.support.services import Broker, FtpServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 

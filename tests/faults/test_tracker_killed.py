@@ -4,38 +4,35 @@ notice is stored exactly once and every task's journey is whole (on both databas
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
 import httpx
 import pytest
 
-from tests.conftest import Broker, Names
-from tests.e2e import conftest as e2e
-from tests.e2e.conftest import StartCli
-from tests.e2e.test_tracker import free_port, tracker_env, until
-from tests.faults.ledger import REPORT
-from tests.journeys import Node
+from tests.support.cli import StartCli
+from tests.support.ledger import REPORT
+from tests.support.services import Broker, Names
+from tests.support.tracker import (
+    BULK_TASKS,
+    bulk_notices,
+    free_port,
+    tracker_env,
+    tracker_processes,
+    until,
+)
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
-start_cli = e2e.start_cli  # the e2e fixture that runs real `ulos-py` processes
 
-TASKS = 1000
-"""Each task has 10 notices: two stages of a three-stage tree (7 + 3)."""
-
-
-def _notices() -> list[bytes]:
-    bodies: list[bytes] = []
-    for i in range(TASKS):
-        node = Node(f"k-{i:04}", node_id=f"n{i % 7}", start=i * 30)
-        first = node.stage(("a", "b", "c"))
-        second = node.stage(("b", "c"))[:3]  # received, downloaded, execution_started
-        bodies += [json.dumps(n.body).encode() for n in (*first, *second)]
-    return bodies
+@pytest.fixture
+def start_cli() -> Iterator[StartCli]:
+    """Real `ulos-py` processes, stopped at teardown."""
+    with tracker_processes() as start:
+        yield start
 
 
 async def test_a_killed_tracker_loses_nothing_and_doubles_nothing(
@@ -46,8 +43,8 @@ async def test_a_killed_tracker_loses_nothing_and_doubles_nothing(
     start_cli: StartCli,
     tmp_path: Path,
 ) -> None:
-    bodies = _notices()
-    assert len(bodies) == 10 * TASKS
+    bodies = bulk_notices()
+    assert len(bodies) == 10 * BULK_TASKS
     channel = await amqp.channel()
     name = names.queue("tracker")
     await channel.declare_queue(name, durable=True)
@@ -90,7 +87,7 @@ async def test_a_killed_tracker_loses_nothing_and_doubles_nothing(
             await until(all_stored, "every notice stored after the restart", timeout=240)
             took = time.monotonic() - started
             counts = (await client.get("/api/counts")).json()
-            assert counts == {"notices": len(bodies), "unreadable": 0, "tasks": TASKS}
+            assert counts == {"notices": len(bodies), "unreadable": 0, "tasks": BULK_TASKS}
             page = await client.get("/api/tasks", params={"state": "stuck", "limit": 500})
             assert len(page.json()["items"]) == 500
             one = (await client.get("/api/tasks/k-0421")).json()
@@ -101,7 +98,7 @@ async def test_a_killed_tracker_loses_nothing_and_doubles_nothing(
         REPORT.append(
             f"tracker SIGKILLed after {some} of {len(bodies)} notices "
             f"({database_url.split(':')[0]}): all {len(bodies)} stored once, "
-            f"{TASKS} journeys whole, {took:.1f} s in all"
+            f"{BULK_TASKS} journeys whole, {took:.1f} s in all"
         )
     finally:
         await channel.queue_delete(name)

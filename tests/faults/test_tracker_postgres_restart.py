@@ -10,10 +10,10 @@ import time
 import aio_pika
 import pytest
 
-from tests.conftest import Broker, Names
-from tests.faults.ledger import REPORT
-from tests.faults.test_tracker_killed import TASKS, _notices
-from tests.postgres import Postgres
+from tests.support.ledger import REPORT
+from tests.support.postgres import Postgres
+from tests.support.services import Broker, Names
+from tests.support.tracker import BULK_TASKS, bulk_notices
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.notice_queue import NoticeQueue
 from ulos_py.settings import ConnectionSettings
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 async def test_postgres_restarted_mid_ingest_loses_nothing(
     names: Names, broker: Broker, amqp: aio_pika.abc.AbstractRobustConnection, postgres: Postgres
 ) -> None:
-    bodies = _notices()
+    bodies = bulk_notices()
     channel = await amqp.channel()
     name = names.queue("tracker")
     await channel.declare_queue(name, durable=True)
@@ -68,7 +68,7 @@ async def test_postgres_restarted_mid_ingest_loses_nothing(
             while status.stored < len(bodies):
                 await asyncio.sleep(0.1)
         counts = await queries.counts(store)
-        assert counts == {"notices": len(bodies), "unreadable": 0, "tasks": TASKS}
+        assert counts == {"notices": len(bodies), "unreadable": 0, "tasks": BULK_TASKS}
         REPORT.append(
             f"PostgreSQL stopped after {before} of {len(bodies)} notices stored, started again: "
             f"all {len(bodies)} stored once ({time.monotonic() - started:.1f} s to catch up)"

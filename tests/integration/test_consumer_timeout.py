@@ -1,6 +1,6 @@
 """Long tasks against a broker whose consumer (delivery acknowledgement) timeout is 5 s.
 
-A private RabbitMQ node (tests/integration/short_timeout_broker.py) closes a channel that
+A private RabbitMQ node (tests/support/short_timeout_broker.py) closes a channel that
 holds a delivery unacknowledged for 5 s and hands the delivery out again. The first tests
 pin that behaviour down, so a broker that changes it is noticed; the others show that a node
 leases a task that may run longer (`Delivery.lease`): it runs once, its channel stays open,
@@ -25,8 +25,7 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import FtpServer, Names
-from tests.harness import (
+from tests.support.harness import (
     Pipeline,
     make_zip,
     next_message,
@@ -36,7 +35,8 @@ from tests.harness import (
     stage,
     task,
 )
-from tests.integration.short_timeout_broker import (
+from tests.support.services import FtpServer, Names
+from tests.support.short_timeout_broker import (
     CONSUMER_TIMEOUT_MS,
     TIMED_OUT,
     PrivateBroker,

@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import Names
+from tests.support.services import Names
 from ulos_py.adapters import rabbitmq_deliveries
 from ulos_py.adapters.rabbitmq import RabbitPublisher
 from ulos_py.ports import Delivery

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import (
+from tests.support.harness import (
     Pipeline,
     close_connection_named,
     make_zip,
@@ -28,6 +27,7 @@ from tests.harness import (
     stage,
     task,
 )
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(90)
 

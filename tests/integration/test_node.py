@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import (
+from tests.support.harness import (
     Pipeline,
     make_zip,
     node_settings,
@@ -19,6 +18,7 @@ from tests.harness import (
     task,
     zip_names,
 )
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(60)
 

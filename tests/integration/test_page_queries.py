@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.journeys import T0, Node, tree
+from tests.support.journeys import T0, Node, tree
 from ulos_py.journey import Notice
 from ulos_py.tracker import page_queries
 from ulos_py.tracker.store import Incoming, Store

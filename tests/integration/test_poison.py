@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import (
+from tests.support.harness import (
     Pipeline,
     make_zip,
     next_message,
@@ -18,6 +17,7 @@ from tests.harness import (
     stage,
     task,
 )
+from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(60)
 

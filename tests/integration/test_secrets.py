@@ -22,9 +22,17 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
-from tests.tls_servers import Certificates, TlsBroker, free_port, secret
+from tests.support.harness import (
+    Pipeline,
+    make_zip,
+    node_settings,
+    pipeline,
+    running_node,
+    stage,
+    task,
+)
+from tests.support.services import Broker, FtpServer, Names
+from tests.support.tls_servers import Certificates, TlsBroker, free_port, secret
 from ulos_py.adapters import rabbitmq
 from ulos_py.errors import BrokerUnavailable, ConfigError, UlosError
 from ulos_py.node import run_node

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import Pipeline, make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.harness import (
+    Pipeline,
+    make_zip,
+    node_settings,
+    pipeline,
+    running_node,
+    stage,
+    task,
+)
+from tests.support.services import Broker, FtpServer, Names
+from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
+from ulos_py.errors import ConfigError, StorageRefused
+from ulos_py.node import run_node
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,15 +83,30 @@ async def test_lasting_errors_crash_after_the_retries(
     assert ftp_server.handler.transient_failures[name] == 100 - 3  # first try + 2 retries
 
 
-async def test_wrong_password_is_a_download_crash_not_retried(
+async def test_a_wrong_password_stops_the_node_at_start(
     line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, tmp_path: Path
 ) -> None:
     settings = node_settings(
         names, broker, ftp_server, tmp_path, REMOTE_STORAGE_PASSWORD="wrong-password"
     )
-    async with running_node(settings):
-        await line.publish(task("t-creds", f"/{names.prefix}/x.zip", tree(names)))
-        crash = await line.next_json("crashes")
-    assert crash["error"]["kind"] == "download"
-    assert "530" in crash["error"]["detail"]
-    assert "wrong-password" not in str(crash)
+    await line.publish(task("t-creds", f"/{names.prefix}/x.zip", tree(names)))
+    with pytest.raises(ConfigError) as caught:
+        await asyncio.wait_for(run_node(settings, asyncio.Event()), 20)
+
+    assert "530" in str(caught.value)
+    assert "REMOTE_STORAGE_PASSWORD" in str(caught.value)
+    assert "wrong-password" not in str(caught.value)
+    assert await line.depth() == 1  # not taken: the task waits for a node that can fetch it
+
+
+async def test_a_wrong_password_fails_a_transfer_without_retries(
+    ftp_server: FtpServer, tmp_path: Path
+) -> None:
+    """What a task meets if the password changes while the node runs."""
+    address = FtpAddress(ftp_server.host, ftp_server.port, ftp_server.username, "wrong-password")
+    storage = FtpStorage(address, connections=1, retry=RetryPolicy(retries=3, first_delay=5))
+    try:
+        with pytest.raises(StorageRefused, match="530"):
+            await asyncio.wait_for(storage.download("/x.zip", tmp_path / "x.zip"), 4)
+    finally:
+        await storage.close()

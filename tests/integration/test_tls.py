@@ -19,8 +19,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.harness import (
+from tests.support.harness import (
     Pipeline,
     make_zip,
     node_settings,
@@ -30,7 +29,8 @@ from tests.harness import (
     task,
     zip_names,
 )
-from tests.tls_servers import UNNAMED_HOST, Certificates, TlsBroker
+from tests.support.services import Broker, FtpServer, Names
+from tests.support.tls_servers import UNNAMED_HOST, Certificates, TlsBroker
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.errors import BrokerUnavailable, ConfigError, StorageRefused
@@ -260,19 +260,16 @@ async def test_plain_ftp_to_the_ftps_server_is_refused_at_once(
     assert time.monotonic() - started < 5  # refused, not retried
 
 
-async def test_a_node_without_tls_crashes_the_task_clearly(
+async def test_a_node_without_tls_stops_at_start_naming_the_reason(
     line: Pipeline, names: Names, broker: Broker, ftps_server: FtpServer, tmp_path: Path
 ) -> None:
-    """Against a server that requires TLS: a download crash naming the reason, no hang."""
-    path = f"/{names.prefix}/bob.zip"
-    ftps_server.put(path, make_zip({"a.txt": "a"}))
-    tree = stage(names.exchange, "skip", success=stage(names.exchange, "next-key"))
-    async with running_node(node_settings(names, broker, ftps_server, tmp_path)):
-        await line.publish(task("t-plain", path, tree))
-        crash = await line.next_json("crashes", timeout=20)
+    """Against a server that requires TLS: one line naming the server's answer, no hang."""
+    settings = node_settings(names, broker, ftps_server, tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        await asyncio.wait_for(run_node(settings, asyncio.Event()), 20)
 
-    assert crash["error"]["kind"] == "download"
-    assert "TLS required" in crash["error"]["detail"]
+    assert "TLS required" in str(caught.value)
+    assert "REMOTE_STORAGE_TLS" in str(caught.value)
 
 
 async def test_ftps_to_a_plain_server_is_refused_clearly(

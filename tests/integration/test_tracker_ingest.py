@@ -15,9 +15,9 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tests.conftest import Broker, Names
-from tests.journeys import Node
-from tests.postgres import Postgres
+from tests.support.journeys import Node
+from tests.support.postgres import Postgres
+from tests.support.services import Broker, Names
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.notice_queue import NoticeQueue
 from ulos_py.settings import ConnectionSettings

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.journeys import T0, Node
+from tests.support.journeys import T0, Node
 from ulos_py.journey import Notice, State
 from ulos_py.tracker import queries
 from ulos_py.tracker.queries import TaskFilter

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import zip_bytes, zip_names
+from tests.support.fakes import zip_bytes, zip_names
 from ulos_py.archive import ArchiveLimits, pack, safe_unpack
 from ulos_py.errors import UnsafeArchive
 

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tests.unit.fakes import FakeEngine
+from tests.support.fakes import FakeEngine
 from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import ConfigError, ExecutionCrashed
 from ulos_py.execution.docker import DockerExecutor

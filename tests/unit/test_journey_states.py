@@ -8,7 +8,7 @@ from datetime import timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.journeys import T0, Node, X, tree
+from tests.support.journeys import T0, Node, X, tree
 from ulos_py.journey import Notice, State, journey, journey_dict
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.unit.fakes import FakeDelivery, SleepingExecutor
-from tests.unit.test_lifecycle import (
+from tests.support.fakes import FakeDelivery, SleepingExecutor
+from tests.support.lifecycle_node import (
     FILE,
     SUCCESS_ROUTE,
     Node,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.unit.fakes import FakeDelivery, FakePublisher
-from tests.unit.test_lifecycle import encode, make_node, task
+from tests.support.fakes import FakeDelivery, FakePublisher
+from tests.support.lifecycle_node import encode, make_node, task
 from ulos_py.errors import ConfigError
 from ulos_py.lifecycle import process
 from ulos_py.metrics import STAGE_LABEL_LIMIT, MetricsServer, NodeMetrics, StageLabels

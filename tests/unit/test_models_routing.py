@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import FakeEngine
+from tests.support.fakes import FakeEngine
 from ulos_py.errors import (
     ConfigError,
     DownloadFailed,

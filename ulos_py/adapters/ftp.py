@@ -199,11 +199,16 @@ class FtpStorage:
             async with asyncio.timeout(LOGIN_CHECK_TIMEOUT), self._client():
                 pass
         except aioftp.StatusCodeError as exc:
-            if not any(str(code).startswith("5") for code in exc.received_codes):
+            codes = {str(code) for code in exc.received_codes}
+            if not any(code.startswith("5") for code in codes):
                 raise StorageUnavailable(f"{where} answered {_answer(exc)}") from exc
-            raise ConfigError(
-                f"{where} refused user {self._address.username!r} ({_answer(exc)}): check "
+            check = (  # 530 is "not logged in"; others (550 TLS required, say) are policy
                 "REMOTE_STORAGE_USERNAME and REMOTE_STORAGE_PASSWORD"
+                if "530" in codes
+                else "REMOTE_STORAGE_TLS (the server may want TLS) and REMOTE_STORAGE_USERNAME"
+            )
+            raise ConfigError(
+                f"{where} refused user {self._address.username!r} ({_answer(exc)}): check {check}"
             ) from exc
         except StorageRefused as exc:  # it would not speak TLS (see _upgrade)
             raise ConfigError(str(exc)) from exc

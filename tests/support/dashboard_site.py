@@ -26,9 +26,9 @@ from typing import Any
 
 import aio_pika
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, settings_env
-from tests.harness import make_zip, node_values
+from tests.support.cli import ROOT, settings_env
+from tests.support.harness import make_zip, node_values
+from tests.support.services import Broker, FtpServer, Names
 
 MESSAGES = ROOT / "testing-messages"
 DEMO = ("pass", "fail", "crash", "skip", "chain-pass", "chain-fail", "chain-crash")

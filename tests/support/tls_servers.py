@@ -34,7 +34,7 @@ from pyftpdlib.handlers import TLS_FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
-from tests.conftest import Broker, FtpServer, _TestHandler
+from tests.support.services import Broker, FtpServer, _TestHandler
 
 RABBITMQ_SCRIPTS = Path(os.environ.get("ULOS_TEST_RABBITMQ_SCRIPTS", "/usr/lib/rabbitmq/bin"))
 """Debian's RabbitMQ scripts. /usr/sbin/rabbitmq-server would switch to the rabbitmq user,

@@ -16,11 +16,11 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from tests.conftest import Broker, FtpServer, Names
+from tests.support.services import Broker, FtpServer, Names
 from ulos_py.node import run_node
 from ulos_py.settings import Settings
 
-REGISTRY = Path(__file__).resolve().parents[1] / "executors" / "registry.toml"
+REGISTRY = Path(__file__).resolve().parents[2] / "executors" / "registry.toml"
 
 
 def make_zip(files: dict[str, bytes | str]) -> bytes:

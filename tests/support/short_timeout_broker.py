@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker
+from tests.support.services import Broker
 
 RABBITMQ_SCRIPTS = Path(os.environ.get("ULOS_TEST_RABBITMQ_SCRIPTS", "/usr/lib/rabbitmq/bin"))
 """Debian's scripts: /usr/sbin/rabbitmq-server would switch to the rabbitmq user, who cannot

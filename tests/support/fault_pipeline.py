@@ -26,10 +26,10 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from tests.conftest import Broker, FtpServer, Names
-from tests.e2e.conftest import ROOT, settings_env
-from tests.faults.ledger import Arrival, Ledger, parse
-from tests.harness import make_zip, node_values, stage, task
+from tests.support.cli import ROOT, settings_env
+from tests.support.harness import make_zip, node_values, stage, task
+from tests.support.ledger import Arrival, Ledger, parse
+from tests.support.services import Broker, FtpServer, Names
 
 DONE = "done"
 FAILED = "failed"
