@@ -167,7 +167,10 @@ def start_tracker(children: list[subprocess.Popen[bytes]], logs: Path) -> None:
     )
     children.append(tracker)
     wait_for_port(TRACKER_PORT, tracker, "the tracker")
-    print(f"==> tracker at {TRACKER_URL} (API description at {TRACKER_URL}/docs)")
+    print(
+        f"==> tracker at {TRACKER_URL} (dashboard: open {TRACKER_URL}/ in a browser; "
+        f"API description at {TRACKER_URL}/docs)"
+    )
 
 
 def stop_processes(children: list[subprocess.Popen[bytes]]) -> None:
