@@ -86,7 +86,9 @@ def run(*args: str, quiet: bool = False) -> None:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 15
+    # The tracker imports its web stack and migrates its database first: on a busy
+    # machine that alone has taken more than 15 s.
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"{what} exited at start (is port {port} already in use?)")
