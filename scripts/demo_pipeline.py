@@ -86,7 +86,9 @@ def run(*args: str, quiet: bool = False) -> None:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 15
+    # The tracker imports its web stack and migrates its database first: on a busy
+    # machine that alone has taken more than 15 s.
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"{what} exited at start (is port {port} already in use?)")
@@ -167,7 +169,10 @@ def start_tracker(children: list[subprocess.Popen[bytes]], logs: Path) -> None:
     )
     children.append(tracker)
     wait_for_port(TRACKER_PORT, tracker, "the tracker")
-    print(f"==> tracker at {TRACKER_URL} (API description at {TRACKER_URL}/docs)")
+    print(
+        f"==> tracker at {TRACKER_URL} (dashboard: open {TRACKER_URL}/ in a browser; "
+        f"API description at {TRACKER_URL}/docs)"
+    )
 
 
 def stop_processes(children: list[subprocess.Popen[bytes]]) -> None:

@@ -112,3 +112,10 @@ ensure_postgres() {
     [ -x "$pg_bin/initdb" ] || apt_install postgresql
     [ -x "$pg_bin/initdb" ] || die "PostgreSQL is installed but $pg_bin/initdb is missing (set ULOS_TEST_PG_BIN)"
 }
+
+ensure_chromium() {
+    # The dashboard's browser tests drive Debian's Chromium through its own chromedriver
+    # (Selenium): no browser download, which a machine without internet could not do.
+    if command -v chromium >/dev/null 2>&1 && [ -x /usr/bin/chromedriver ]; then return; fi
+    apt_install chromium chromium-driver
+}

@@ -28,7 +28,7 @@ def test_a_build_that_fails_is_a_build_error_not_a_task_crash(
     try:
         base = choose_base(images, None, lambda _: None)
         with pytest.raises(ImageBuildFailed) as raised:
-            images.build(tmp_path, "ulos-py-test/broken", base, lambda _: None)
+            images.build(tmp_path, "ulos-py-test/broken", {"BASE_IMAGE": base}, lambda _: None)
     finally:
         images.close()
 

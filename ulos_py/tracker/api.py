@@ -129,7 +129,7 @@ async def events(request: Request) -> EventSourceResponse:
     return EventSourceResponse(stream(), ping=15)
 
 
-@router.get("/api/owners/{owner}/tasks.csv")
+@router.get("/api/owners/{owner:path}/tasks.csv")
 async def owner_csv(request: Request, owner: str) -> Response:
     """One owner's tasks, oldest first: a grade sheet (one row per task)."""
     rows = await queries.owner_tasks(tracker_of(request).store, owner)

@@ -19,7 +19,7 @@ from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.adapters.notice_queue import NoticeQueue
 from ulos_py.errors import ConfigError
-from ulos_py.tracker import cancel, submit
+from ulos_py.tracker import cancel, pages, submit
 from ulos_py.tracker.api import Tracker, create_app
 from ulos_py.tracker.cancel import Cancelling
 from ulos_py.tracker.events import Changes
@@ -88,7 +88,7 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
     connection = await rabbitmq.connect(address)
     status, changes = IngestStatus(), Changes(settings.stuck_after)
     tracker = Tracker(store, status, changes)
-    app = create_app(tracker, submit.router, cancel.router, *routers)
+    app = create_app(tracker, submit.router, cancel.router, pages.router, *routers)
     server = _Server(uvicorn.Config(app, log_level="warning"))
     storage = FtpStorage(FtpAddress.of(settings), connections=2, retry=RetryPolicy())
     try:
