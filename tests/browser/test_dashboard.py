@@ -11,14 +11,10 @@ from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
-from tests.support.browser import Shoot, wait_until
+from tests.support.browser import Shoot, mark_page, not_reloaded, path_of, texts, wait_until
 from tests.support.dashboard_site import DEMO, Site
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("broker")]
-
-
-def path_of(task_id: str) -> str:
-    return f"/tasks/{quote(task_id, safe='')}"
 
 
 def row_states(driver: webdriver.Chrome) -> dict[str, str]:
@@ -29,15 +25,6 @@ def row_states(driver: webdriver.Chrome) -> dict[str, str]:
         " [r.querySelector('.task-link').textContent, r.querySelector('.state').textContent]);"
     )
     return dict(pairs)
-
-
-def texts(driver: webdriver.Chrome, css: str) -> list[str]:
-    """The text of every element matching `css`, read in one go."""
-    found: list[str] = driver.execute_script(
-        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent.trim());",
-        css,
-    )
-    return found
 
 
 def attrs(driver: webdriver.Chrome, css: str, name: str) -> list[str]:
@@ -59,15 +46,6 @@ def grade_sheet(driver: webdriver.Chrome) -> tuple[int, str]:
         link,
     )
     return int(status), str(text)
-
-
-def mark_page(driver: webdriver.Chrome) -> None:
-    """A value that only lives as long as this page: a reload would lose it."""
-    driver.execute_script("window.__notReloaded = 'still here';")
-
-
-def not_reloaded(driver: webdriver.Chrome) -> bool:
-    return bool(driver.execute_script("return window.__notReloaded === 'still here';"))
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +97,9 @@ def test_the_demo_tasks_appear_and_end_where_expected(
     browser.find_element(By.CSS_SELECTOR, "tr[data-href] td:nth-child(4)").click()
     wait_until(browser, lambda d: d.current_url.endswith(path_of(demo["skip"])), "row opens")
     assert browser.find_element(By.CSS_SELECTOR, "h1 .task-id").text == demo["skip"]
+    # Without ULOS_TRACKER_TOKEN there is no cancel form, even for a task not yet ended.
+    assert browser.find_element(By.CSS_SELECTOR, "h1 .state").text == "delivered"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#cancel-form, [data-cancel]")
 
 
 def test_a_crash_shows_its_kind_and_detail(

@@ -220,19 +220,27 @@ def started(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[b
 
 @contextlib.contextmanager
 def running_site(
-    broker: Broker, ftp: FtpServer, work: Path, database: str, node: bool = True
+    broker: Broker,
+    ftp: FtpServer,
+    work: Path,
+    database: str,
+    node: bool = True,
+    tracker_extra: dict[str, Any] | None = None,
+    node_extra: dict[str, Any] | None = None,
 ) -> Iterator[Site]:
-    """The tracker (and a node) on a fresh topology, all removed afterwards."""
+    """The tracker (and a node) on a fresh topology, all removed afterwards; `tracker_extra`
+    and `node_extra` add or replace their settings (a token, a registry)."""
     names = Names(f"d{uuid.uuid4().hex[:8]}")
     port = free_port()
     site = Site(f"http://127.0.0.1:{port}", names, broker, ftp)
     asyncio.run(declare(names, broker, site.stage_keys()))
     try:
-        tracker_env = settings_env(tracker_values(names, broker, ftp, database, port))
+        values = {**tracker_values(names, broker, ftp, database, port), **(tracker_extra or {})}
+        tracker_env = settings_env(values)
         with contextlib.ExitStack() as stack:
             tracker = stack.enter_context(started(["tracker"], tracker_env))
             if node:
-                values = node_values(names, broker, ftp, work)
+                values = node_values(names, broker, ftp, work, **(node_extra or {}))
                 stack.enter_context(started(["node"], settings_env(values)))
             wait_healthy(site.url, tracker)
             yield site

@@ -58,6 +58,13 @@ def cancelling_of(request: Request) -> Cancelling:
     return found
 
 
+def cancelling_on(request: Request) -> bool:
+    """Whether the tracker takes cancels (ULOS_TRACKER_TOKEN is set): the journey page then
+    offers a cancel form (the operator types the token; the page is never given it)."""
+    found: Cancelling | None = tracker_of(request).extras.get("cancelling")
+    return found is not None and found.token is not None
+
+
 def authorized(request: Request) -> Cancelling:
     """The cancelling, once the request carries the token (checked before its body)."""
     cancelling = cancelling_of(request)

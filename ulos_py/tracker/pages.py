@@ -22,15 +22,20 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from ulos_py.journey import State
 from ulos_py.tracker import page_queries, page_views, queries
 from ulos_py.tracker.api import tracker_of
+from ulos_py.tracker.cancel import cancelling_on
 from ulos_py.tracker.queries import BadCursor, TaskFilter
-from ulos_py.tracker.store import Store
+from ulos_py.tracker.store import FINAL_STATES, Store
 
 WEB = Path(__file__).parent / "web"
 STATIC = {
     "dashboard.css": "text/css; charset=utf-8",
     "live.js": "text/javascript; charset=utf-8",
     "journey.js": "text/javascript; charset=utf-8",
+    "cancel.js": "text/javascript; charset=utf-8",
 }
+ENDED = frozenset(state.value for state in FINAL_STATES - {State.DELIVERED})
+"""States whose journey page offers no cancel: nothing is left to stop (a delivered task may
+still be taken by a node)."""
 PAGE_SIZE = 50
 WINDOW = timedelta(hours=1)
 
@@ -153,6 +158,7 @@ async def task_journey(request: Request, task_id: str, store: StoreDep) -> HTMLR
         task=task,
         rows=page_views.timeline(visits, now),
         tree=tree,
+        cancellable=cancelling_on(request) and task["state"] not in ENDED,
     )
 
 
