@@ -54,7 +54,7 @@ def _is_junk(parts: tuple[str, ...]) -> bool:
 Entry = tuple[zipfile.ZipInfo, tuple[str, ...]]
 
 
-def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Entry]:
+def checked_entries(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Entry]:
     """Checked entries with their relative parts, junk dropped, one wrapping folder stripped."""
     infos = zf.infolist()
     if len(infos) > limits.max_entries:
@@ -77,7 +77,7 @@ def safe_unpack(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
         with zipfile.ZipFile(archive) as zf:
             budget = limits.max_total_bytes
             made = {dest}  # a mkdir per entry is most of the cost of a small submission
-            for info, parts in _plan(zf, limits):
+            for info, parts in checked_entries(zf, limits):
                 target = dest.joinpath(*parts)
                 folder = target if info.is_dir() else target.parent
                 if folder not in made:
@@ -137,7 +137,13 @@ def _compression_for(entry: os.DirEntry[str]) -> int:
     if entry.stat(follow_symlinks=False).st_size <= SAMPLE:
         return zipfile.ZIP_DEFLATED
     with open(entry.path, "rb") as file:
-        sample = file.read(SAMPLE)
+        return compression_for_sample(file.read(SAMPLE))
+
+
+def compression_for_sample(sample: bytes) -> int:
+    """Deflate, unless the first block of a file does not shrink (see `_compression_for`)."""
+    if len(sample) < SAMPLE:
+        return zipfile.ZIP_DEFLATED
     squeezer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
     squeezed = len(squeezer.compress(sample)) + len(squeezer.flush())
     return zipfile.ZIP_STORED if squeezed > INCOMPRESSIBLE * len(sample) else zipfile.ZIP_DEFLATED

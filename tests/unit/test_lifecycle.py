@@ -41,7 +41,7 @@ from ulos_py.archive import ArchiveLimits
 from ulos_py.execution.builtin import Behaviour, BuiltinExecutor
 from ulos_py.lifecycle import process
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import ExecutionResult, TimeoutPolicy
+from ulos_py.ports import ExecutionResult, TaskFiles, TimeoutPolicy
 from ulos_py.routing import output_file_name
 
 FAILURE_ROUTE = ("results", "lab.failed")
@@ -160,8 +160,8 @@ class OutputNameTaker:
     name = "squatter"
     on_timeout = TimeoutPolicy.CRASH
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
-        (workdir / output_file_name(stage)).mkdir()
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult:
+        (await files.directory() / output_file_name(stage)).mkdir()
         return ExecutionResult(Outcome.PASS, "done\n")
 
 
