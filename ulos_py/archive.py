@@ -102,8 +102,13 @@ def safe_unpack(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
 
 
 def pack(src: Path, archive: Path) -> None:
-    """Zip the contents of `src` into `archive`; links and special files are not packed."""
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    """Zip the contents of `src` into `archive`; links and special files are not packed.
+
+    A file dated before 1980, which a zip cannot hold (a container may leave one), is dated
+    1980."""
+    with zipfile.ZipFile(
+        archive, "w", compression=zipfile.ZIP_DEFLATED, strict_timestamps=False
+    ) as zf:
         for relative, entry in sorted(tree_entries(src), key=lambda item: item[0].split("/")):
             if entry.is_dir(follow_symlinks=False):
                 zf.write(entry.path, relative + "/")
