@@ -138,6 +138,20 @@ async def test_pass_upload_holds_submission_and_stage_output(tmp_path: Path) -> 
     await node.assert_work_dir_empty()
 
 
+async def test_a_builtin_executors_submission_is_never_unpacked(tmp_path: Path) -> None:
+    """The upload is the downloaded zip with the output appended: its entries untouched."""
+    node = make_node(tmp_path)
+    with zipfile.ZipFile(io.BytesIO(SUBMISSION)) as zf:
+        entries_end = zf.start_dir
+
+    await node.run(encode(task("pass")))
+
+    uploaded = node.storage.files[FILE]
+    assert uploaded[:entries_end] == SUBMISSION[:entries_end]
+    assert set(zip_names(uploaded)) == {*zip_names(SUBMISSION), f"output_{EXCHANGE}_pass.txt"}
+    await node.assert_work_dir_empty()
+
+
 async def test_executor_files_are_uploaded_and_output_file_named_after_stage(
     tmp_path: Path,
 ) -> None:
