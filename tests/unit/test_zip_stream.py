@@ -152,17 +152,31 @@ def test_rewrite_strips_wrapper_and_junk_and_drops_a_name(tmp_path: Path) -> Non
     big = bytes(range(256)) * 400
     source = write_zip(
         tmp_path / "t.zip",
-        [("w/", b""), ("w/a.txt", b"a"), ("w/out.txt", b"old"), ("w/.DS_Store", b"x")],
+        [
+            ("w/", b""),
+            ("w/a.txt", b"a fairly compressible line\n" * 200),
+            ("w/out.txt", b"old"),
+            ("w/.DS_Store", b"x"),
+        ],
     )
     with zipfile.ZipFile(source, "a") as zf:
         zf.writestr(zipfile.ZipInfo("w/stored.bin"), big)  # ZIP_STORED by default
+
+    with zipfile.ZipFile(source) as zf:
+        deflated_size = zf.getinfo("w/a.txt").compress_size
 
     rewrite_zip(source, tmp_path / "new.zip", ArchiveLimits(), drop="out.txt")
 
     with zipfile.ZipFile(tmp_path / "new.zip") as zf:
         assert sorted(zf.namelist()) == ["a.txt", "stored.bin"]
+        assert zf.testzip() is None  # every CRC holds
         assert zf.getinfo("stored.bin").compress_type == zipfile.ZIP_STORED
+        assert zf.getinfo("a.txt").compress_type == zipfile.ZIP_DEFLATED
+        assert zf.getinfo("a.txt").compress_size == deflated_size  # copied, not deflated again
         assert zf.read("stored.bin") == big
+    check_zip(tmp_path / "new.zip", ArchiveLimits())
+    append_file(tmp_path / "new.zip", "out.txt", b"new")
+    assert zip_names((tmp_path / "new.zip").read_bytes())["out.txt"] == b"new"
 
 
 # --- zip to tar ------------------------------------------------------------------------
