@@ -119,7 +119,7 @@ def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
                         raise UnsafeArchive("unpacked bytes exceed the size limit")
         except zipfile.BadZipFile as exc:
             raise UnsafeArchive(f"not a valid zip file: {exc}") from exc
-        except (OSError, EOFError, NotImplementedError, ValueError) as exc:
+        except (OSError, EOFError, NotImplementedError, ValueError, RuntimeError) as exc:
             raise UnsafeArchive(f"cannot unpack: {exc}") from exc
     return contents
 

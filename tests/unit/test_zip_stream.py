@@ -94,6 +94,16 @@ def test_a_corrupt_entry_is_refused(tmp_path: Path) -> None:
     refused(archive, "zip|unpack")
 
 
+def test_an_encrypted_entry_is_refused(tmp_path: Path) -> None:
+    data = bytearray(zip_bytes({"secret.txt": "s"}))
+    central = data.index(b"PK\x01\x02")
+    data[central + 8] |= 0x01  # "encrypted", in the central directory's flags
+    archive = tmp_path / "t.zip"
+    archive.write_bytes(bytes(data))
+
+    refused(archive, "encrypted")
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"PK\x03\x04 not really a zip", zip_bytes({"a.txt": "a" * 100})[:40]],
