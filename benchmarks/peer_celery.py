@@ -1105,8 +1105,14 @@ def combine(reports: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     targets: dict[str, dict[str, Any]] = {}
     for n, report in enumerate(reports, start=1):
+        previous = ""
         for verdict in report["ratios"]:
-            row = targets.setdefault(verdict["what"], {"target": verdict["target"], "values": {}})
+            what = verdict["what"]
+            if what.startswith(" "):  # a note on the line before: named after it
+                what = f"{previous} {what.strip()}"
+            else:
+                previous = what
+            row = targets.setdefault(what, {"target": verdict["target"], "values": {}})
             row["values"][n] = verdict["ratio"]
     rows = []
     clean = {run["n"] for run in runs if not run["disturbed"]}
