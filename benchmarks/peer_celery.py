@@ -9,10 +9,16 @@ ulos-py with one process (prefetch 1), Celery prefork -c 1, ulos-py --processes 
 (prefetch 1 each), Celery prefork -c 2, and ulos-py --processes 2 as shipped (the node's
 default prefetch of 10 and FTP pool of 4: asyncio overlaps one task's waits with another's
 work, which a prefork child cannot). Then 1 MB and 100 MB zips through the node against
-a bare aioftp download+upload of the same file. Only ratios carry over to another machine.
-See README.md here.
+a bare loop on the same file (aioftp download, read every entry, write the new archive,
+upload). Only ratios carry over to another machine. See README.md here.
 
-    .venv/bin/python benchmarks/peer_celery.py [--tasks 1000] [--rounds 2] [--out FILE]
+One run is not a verdict on a shared VM: by default the script runs itself `--runs 3` times,
+each a separate invocation, prints every run, then each target's ratio per run, the median
+(which decides), the spread, and the median of the clean runs; a run is flagged disturbed
+when other processes took more than 5 % of the host CPU in a phase, or steal time passed 5 %.
+
+    .venv/bin/python benchmarks/peer_celery.py [--tasks 1000] [--rounds 2] [--runs 3] [--out FILE]
+    .venv/bin/python benchmarks/peer_celery.py --combine run1.json run2.json run3.json
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import asdict, dataclass, field
@@ -74,7 +81,7 @@ from node_throughput import (
     stop_profiler,
     wait_for_done,
 )
-from proc_probes import broker_pids, cpu_seconds, proc_status_kib
+from proc_probes import MachineSnapshot, broker_pids, cpu_seconds, proc_status_kib
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = (
@@ -91,6 +98,9 @@ LARGE_MB = (1, 100)
 RSS_GROWTH_TARGET_MB = 50  # 100 MB zips: node peak RSS at most this much above 10 KB zips
 LARGE_RATE_TARGET = 0.80  # 100 MB zips: node MB/s over bare aioftp MB/s, at least
 DISTURBED_PERCENT = 5  # host CPU no process of the run used, above which a phase is noted
+STEAL_PERCENT = 5  # CPU the hypervisor gave to other machines, above which a run is noted
+WORKER_CPU_TARGET = 0.8  # ulos-py worker CPU per task over Celery's, at most
+RUNS = 3  # separate invocations whose medians decide (--runs)
 MB = 1_000_000
 MIB = 1 << 20
 CHUNK = 1 << 16
@@ -467,9 +477,24 @@ def inspect_log(side: Side, path: Path, result: PeerPhase) -> None:
 # Large zips: MB/s through the node against a bare aioftp download+upload of the same file
 
 
+def bare_archive_work(downloaded: Path, new: Path) -> None:
+    """The archive work any node must do, at its leanest: read every entry (inflate, CRC),
+    write the new archive (the entries copied as they are, plus an output file)."""
+    with zipfile.ZipFile(downloaded) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as entry:
+                while entry.read(CHUNK):
+                    pass
+    shutil.copyfile(downloaded, new)
+    with zipfile.ZipFile(new, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("output_bench_bare.txt", "bare loop: pass\n")
+
+
 async def bare_transfers(bench: Bench, remote: str, reps: int) -> list[float]:
-    """Seconds of each download (to a file) + upload (from it), one reused connection."""
+    """Seconds of each bare loop on one reused connection: download (to a file), the archive
+    work of `bare_archive_work` in a thread, upload of the new archive."""
     local = bench.tmp / "bare-transfer.zip"
+    new = bench.tmp / "bare-new.zip"
     copy = remote.replace(".zip", "-bare-copy.zip")
     client = aioftp.Client(socket_timeout=60, connection_timeout=30)
     await client.connect(bench.ftp.host, bench.ftp.port)
@@ -482,7 +507,8 @@ async def bare_transfers(bench: Bench, remote: str, reps: int) -> list[float]:
                 async with client.download_stream(remote) as stream:
                     async for block in stream.iter_by_block(CHUNK):
                         out.write(block)
-            with local.open("rb") as source:
+            await asyncio.to_thread(bare_archive_work, local, new)
+            with new.open("rb") as source:
                 async with client.upload_stream(copy) as stream:
                     while chunk := source.read(CHUNK):
                         await stream.write(chunk)
@@ -490,6 +516,7 @@ async def bare_transfers(bench: Bench, remote: str, reps: int) -> list[float]:
     finally:
         client.close()
         local.unlink(missing_ok=True)
+        new.unlink(missing_ok=True)
     return times
 
 
@@ -580,6 +607,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phases: list[PeerPhase] = []
     large: list[LargeResult] = []
     started = time.monotonic()
+    machine_before = MachineSnapshot.now()
     async with AsyncExitStack() as stack:
         tmp = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="ulos-peer-", dir=args.tmp_dir))
@@ -617,7 +645,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.large_tasks > 0 and bench.broker_lost is None:
             for size in args.large_sizes:
                 large.append(await run_large(peer, size, args.large_tasks, args.seed))
-    return build_report(args, zip_data, phases, large, has_processes, time.monotonic() - started)
+    machine = machine_report(machine_before, MachineSnapshot.now())
+    wall = time.monotonic() - started
+    return build_report(args, zip_data, phases, large, has_processes, wall, machine)
+
+
+def machine_report(before: MachineSnapshot, after: MachineSnapshot) -> dict[str, Any]:
+    return {
+        "loadavg_start": before.loadavg,
+        "loadavg_end": after.loadavg,
+        "steal_percent": after.steal_percent_since(before),
+    }
 
 
 # The report
@@ -671,8 +709,16 @@ def ratios(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         rate = _ratio(ulos, celery, lambda s: s["tasks_per_s"]["median"])
         host = _ratio(ulos, celery, lambda s: s["host_cpu_ms_per_task"])
         run = _ratio(ulos, celery, lambda s: s["run_cpu_ms_per_task"])
+        worker = _ratio(ulos, celery, lambda s: s["worker_cpu_ms_per_task"])
+        cpu_target = WORKER_CPU_TARGET
         out += [
             _verdict(f"tasks/s {pair}", rate, f">= {target}", rate is not None and rate >= target),
+            _verdict(
+                f"worker CPU/task {pair}",
+                worker,
+                f"<= {cpu_target}",
+                worker is not None and worker <= cpu_target,
+            ),
             _verdict(f"host CPU/task {pair}", host, "<= 1.0", host is not None and host <= 1.0),
             _verdict("  (the run's processes only)", run, "<= 1.0", run is not None and run <= 1),
         ]
@@ -726,9 +772,11 @@ def build_report(
     large: list[LargeResult],
     has_processes: bool,
     wall_s: float,
+    machine: dict[str, Any],
 ) -> dict[str, Any]:
     summary = summarize(phases)
     rss_10k = (summary.get("ulos-p1") or {}).get("peak_rss_mib")
+    large_rows = large_summary(large, rss_10k)
     checks_ok = all(not phase_problems(asdict(p)) for p in phases) and all(
         not phase_problems(r.phase) for r in large
     )
@@ -748,12 +796,49 @@ def build_report(
         },
         "phases": [asdict(p) for p in phases],
         "summary": summary,
-        "ratios": ratios(summary),
-        "large": large_summary(large, rss_10k),
+        "ratios": ratios(summary) + large_verdicts(large_rows),
+        "large": large_rows,
         "node_peak_rss_10kb_mib": rss_10k,
         "wall_s": round(wall_s, 1),
+        "machine": machine,
+        "disturbed": disturbances([asdict(p) for p in phases], machine),
         "ok": checks_ok,
     }
+
+
+def large_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The 100 MB targets, as verdicts like the others (so runs can be combined)."""
+    big = next((r for r in rows if r["size_mb"] == max(LARGE_MB)), None)
+    if big is None:
+        return []
+    ratio, growth = big["node_over_bare"], big["rss_growth_over_10kb_mib"]
+    growth_mb = None if growth is None else round(growth * MIB / MB, 1)
+    return [
+        _verdict(
+            "100 MB node / bare loop MB/s",
+            ratio,
+            f">= {LARGE_RATE_TARGET}",
+            ratio is not None and ratio >= LARGE_RATE_TARGET,
+        ),
+        _verdict(
+            "100 MB peak RSS over 10 KB (MB)",
+            growth_mb,
+            f"<= {RSS_GROWTH_TARGET_MB}",
+            growth_mb is not None and growth_mb <= RSS_GROWTH_TARGET_MB,
+        ),
+    ]
+
+
+def disturbances(phases: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
+    """Why this run's numbers may carry another load's noise (empty: a clean run)."""
+    reasons = [
+        f"{p['label']}: other processes used {p['foreign_cpu_percent']:.0f} % of the host CPU"
+        for p in phases
+        if p["foreign_cpu_percent"] > DISTURBED_PERCENT
+    ]
+    if machine["steal_percent"] > STEAL_PERCENT:
+        reasons.append(f"steal time {machine['steal_percent']:.1f} % of the run")
+    return reasons
 
 
 def _version(package: str) -> str | None:
@@ -812,14 +897,15 @@ def render(report: dict[str, Any]) -> str:
             f"{_fmt(p['run_cpu_ms_per_task']):>8} {parts:>15} {_fmt(p['peak_rss_mib']):>9} "
             f"{host:>9}  {checks}"
         )
-    disturbed = [
-        f"{p['label']} ({p['foreign_cpu_percent']:.0f} %)"
-        for p in report["phases"]
-        if p["foreign_cpu_percent"] > DISTURBED_PERCENT
-    ]
-    if disturbed:
+    machine = report["machine"]
+    load = "/".join(f"{v:.2f}" for v in machine["loadavg_start"])
+    lines.append(f"load average at start {load}, steal {machine['steal_percent']:.1f} %")
+    if report["disturbed"]:
+        lines.append("DISTURBED by other load: " + "; ".join(report["disturbed"]))
+    else:
         lines.append(
-            f"disturbed by other load (frgn > {DISTURBED_PERCENT} %): " + ", ".join(disturbed)
+            f"clean run: no phase's other processes above {DISTURBED_PERCENT} % of the host "
+            f"CPU, steal under {STEAL_PERCENT} %"
         )
     lines += ["", *_render_summary(report), "", *_render_large(report)]
     lines.append("")
@@ -863,7 +949,8 @@ def _render_large(report: dict[str, Any]) -> list[str]:
     rss_10k = report["node_peak_rss_10kb_mib"]
     lines = [
         "large zips through ulos-p1; MB/s = 2 x zip MB (down + up) / seconds per task "
-        "(node: between forwards; bare: aioftp download + upload)",
+        "(node: between forwards; bare loop: download, read every entry, write the new "
+        "archive, upload)",
         f"{'zip':>7} {'node MB/s med (min-max)':>25} {'bare MB/s med (min-max)':>25} "
         f"{'node/bare':>9} {'node peak RSS MiB':>18} {'over 10 KB':>10}",
         f"{'10 KB':>7} {'':>25} {'':>25} {'':>9} {_fmt(rss_10k):>18} {'':>10}",
@@ -912,6 +999,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tasks", type=int, default=1000, help="tasks per phase (default 1000)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=RUNS,
+        help=f"separate invocations whose medians decide each target (default {RUNS}; "
+        "1: one run, its own verdicts)",
+    )
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="combine the JSON reports of runs made earlier (--out of --runs 1) and stop",
+    )
     parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     parser.add_argument("--out", type=Path, help="also write the JSON report to this file")
     parser.add_argument(
@@ -943,17 +1044,135 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--py-spy-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph"
     )
     args = parser.parse_args(argv)
-    if args.tasks < 2 or args.rounds < 1 or args.large_tasks == 1:
-        parser.error("--tasks must be at least 2, --rounds at least 1, --large-tasks 0 or ≥ 2")
+    if args.tasks < 2 or args.rounds < 1 or args.runs < 1 or args.large_tasks == 1:
+        parser.error(
+            "--tasks must be at least 2, --rounds and --runs at least 1, --large-tasks 0 or ≥ 2"
+        )
     args.prefetch = 1  # per process, both sides: what node_env reads
     return args
 
 
+# Several runs
+
+
+def run_separately(args: argparse.Namespace, argv: list[str]) -> int:
+    """`args.runs` separate invocations of this script, one after the other, each a fresh
+    set of processes, queues and FTP server; then their verdicts combined."""
+    passed_on = strip_options(argv, {"--runs": True, "--out": True, "--json": False})
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="ulos-peer-runs-") as folder:
+        for n in range(1, args.runs + 1):
+            out = Path(folder) / f"run-{n}.json"
+            say(f"run {n} of {args.runs}: a separate invocation")
+            command = [sys.executable, __file__, *passed_on, "--runs", "1", "--out", str(out)]
+            code = subprocess.run(command, check=False).returncode
+            if code == 130 or not out.exists():
+                say(f"run {n} ended with exit code {code} and no report: stopping")
+                return code or 1
+            reports.append(json.loads(out.read_text()))
+    return report_runs(reports, args.out)
+
+
+def strip_options(argv: list[str], options: dict[str, bool]) -> list[str]:
+    """`argv` without the given options (True: the option takes a value)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in options:
+            skip = options[name] and "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
+def report_runs(reports: list[dict[str, Any]], out: Path | None) -> int:
+    combined = combine(reports)
+    print(render_runs(combined), flush=True)
+    if out:
+        out.write_text(json.dumps({"combined": combined, "runs": reports}, indent=2) + "\n")
+    return 0 if all(r["ok"] for r in reports) else 1
+
+
+def combine(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each target's ratio in every run, their median (which decides), spread, and the
+    median of the clean runs alone."""
+    runs = [
+        {"when": r["when"], "ok": r["ok"], "disturbed": r.get("disturbed", []), "n": n}
+        for n, r in enumerate(reports, start=1)
+    ]
+    targets: dict[str, dict[str, Any]] = {}
+    for n, report in enumerate(reports, start=1):
+        previous = ""
+        for verdict in report["ratios"]:
+            what = verdict["what"]
+            if what.startswith(" "):  # a note on the line before: named after it
+                what = f"{previous} {what.strip()}"
+            else:
+                previous = what
+            row = targets.setdefault(what, {"target": verdict["target"], "values": {}})
+            row["values"][n] = verdict["ratio"]
+    rows = []
+    clean = {run["n"] for run in runs if not run["disturbed"]}
+    for what, row in targets.items():
+        values = [v for v in row["values"].values() if v is not None]
+        clean_values = [v for n, v in row["values"].items() if v is not None and n in clean]
+        median = round(statistics.median(values), 3) if values else None
+        rows.append(
+            {
+                "what": what,
+                "target": row["target"],
+                "by_run": [row["values"].get(run["n"]) for run in runs],
+                "median": median,
+                "min": min(values) if values else None,
+                "max": max(values) if values else None,
+                "clean_median": round(statistics.median(clean_values), 3) if clean_values else None,
+                "met": median is not None and _meets(median, row["target"]),
+            }
+        )
+    return {"runs": runs, "targets": rows}
+
+
+def _meets(value: float, target: str) -> bool:
+    op, limit = target.split()
+    return value >= float(limit) if op == ">=" else value <= float(limit)
+
+
+def render_runs(combined: dict[str, Any]) -> str:
+    runs = combined["runs"]
+    heads = "".join(f" {'run ' + str(r['n']) + ('*' if r['disturbed'] else ''):>8}" for r in runs)
+    lines = [
+        "",
+        f"verdicts over {len(runs)} separate runs: the median decides; * = a disturbed run",
+        f"{'target':<42}{heads} {'median':>7} {'min-max':>11} {'clean med':>9}  target",
+    ]
+    for row in combined["targets"]:
+        cells = "".join(f" {_fmt(v, 2):>8}" for v in row["by_run"])
+        spread = f"{_fmt(row['min'], 2)}-{_fmt(row['max'], 2)}"
+        verdict = "meets" if row["met"] else ("n/a" if row["median"] is None else "MISSES")
+        lines.append(
+            f"{row['what']:<42}{cells} {_fmt(row['median'], 2):>7} {spread:>11} "
+            f"{_fmt(row['clean_median'], 2):>9}  {row['target']:<7} {verdict}"
+        )
+    for run in runs:
+        state = "; ".join(run["disturbed"]) if run["disturbed"] else "clean"
+        checks = "" if run["ok"] else " (SOME CHECKS FAILED)"
+        lines.append(f"run {run['n']} ({run['when']}): {state}{checks}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.combine:
+        return report_runs([json.loads(path.read_text()) for path in args.combine], args.out)
     if celery_missing():
         say(INSTALL_HINT)
         return 2
+    if args.runs > 1:
+        return run_separately(args, argv)
     return run_and_report(args, run, render)
 
 

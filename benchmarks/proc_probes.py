@@ -152,3 +152,23 @@ def tcp_sockets(pid: int) -> list[TcpSocket]:
                 local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
                 found.append(TcpSocket(local, remote, TCP_STATES.get(fields[3], fields[3])))
     return found
+
+
+@dataclass(frozen=True)
+class MachineSnapshot:
+    """What says whether another load shared the machine: the host's CPU counters
+    (steal: time a hypervisor gave this VM's cores to someone else) and the load average."""
+
+    steal_s: float
+    total_s: float
+    loadavg: tuple[float, float, float]
+
+    @classmethod
+    def now(cls) -> MachineSnapshot:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        one, five, fifteen = (float(v) for v in Path("/proc/loadavg").read_text().split()[:3])
+        return cls(values[7] / CLK_TCK, sum(values[:8]) / CLK_TCK, (one, five, fifteen))
+
+    def steal_percent_since(self, earlier: MachineSnapshot) -> float:
+        total = self.total_s - earlier.total_s
+        return 0.0 if total <= 0 else round(100 * (self.steal_s - earlier.steal_s) / total, 1)

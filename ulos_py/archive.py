@@ -54,7 +54,7 @@ def _is_junk(parts: tuple[str, ...]) -> bool:
 Entry = tuple[zipfile.ZipInfo, tuple[str, ...]]
 
 
-def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Entry]:
+def checked_entries(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Entry]:
     """Checked entries with their relative parts, junk dropped, one wrapping folder stripped."""
     infos = zf.infolist()
     if len(infos) > limits.max_entries:
@@ -77,7 +77,7 @@ def safe_unpack(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
         with zipfile.ZipFile(archive) as zf:
             budget = limits.max_total_bytes
             made = {dest}  # a mkdir per entry is most of the cost of a small submission
-            for info, parts in _plan(zf, limits):
+            for info, parts in checked_entries(zf, limits):
                 target = dest.joinpath(*parts)
                 folder = target if info.is_dir() else target.parent
                 if folder not in made:
@@ -102,8 +102,13 @@ def safe_unpack(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
 
 
 def pack(src: Path, archive: Path) -> None:
-    """Zip the contents of `src` into `archive`; links and special files are not packed."""
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    """Zip the contents of `src` into `archive`; links and special files are not packed.
+
+    A file dated before 1980, which a zip cannot hold (a container may leave one), is dated
+    1980."""
+    with zipfile.ZipFile(
+        archive, "w", compression=zipfile.ZIP_DEFLATED, strict_timestamps=False
+    ) as zf:
         for relative, entry in sorted(tree_entries(src), key=lambda item: item[0].split("/")):
             if entry.is_dir(follow_symlinks=False):
                 zf.write(entry.path, relative + "/")
@@ -137,7 +142,13 @@ def _compression_for(entry: os.DirEntry[str]) -> int:
     if entry.stat(follow_symlinks=False).st_size <= SAMPLE:
         return zipfile.ZIP_DEFLATED
     with open(entry.path, "rb") as file:
-        sample = file.read(SAMPLE)
+        return compression_for_sample(file.read(SAMPLE))
+
+
+def compression_for_sample(sample: bytes) -> int:
+    """Deflate, unless the first block of a file does not shrink (see `_compression_for`)."""
+    if len(sample) < SAMPLE:
+        return zipfile.ZIP_DEFLATED
     squeezer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
     squeezed = len(squeezer.compress(sample)) + len(squeezer.flush())
     return zipfile.ZIP_STORED if squeezed > INCOMPRESSIBLE * len(sample) else zipfile.ZIP_DEFLATED

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ulos_py.archive import ArchiveLimits, pack, safe_unpack, tree_entries
+from ulos_py.archive import pack, tree_entries
 from ulos_py.errors import ExecutionCrashed
 
 SMALL_ENTRIES = 64
@@ -57,20 +57,9 @@ def small_tree(folder: Path) -> bool:
     return True
 
 
-async def unpack_submission(archive: Path, into: Path, limits: ArchiveLimits) -> None:
-    """Unpack a task's zip safely (see archive.safe_unpack), inline when it is small."""
-    await run_file_work(small_zip(archive), safe_unpack, archive, into, limits)
-
-
-async def pack_results(files: Path, output_file: Path, output: str, archive: Path) -> None:
-    """Write the stage's output file among `files`, then zip them all into `archive`,
-    inline when the output and the tree are small."""
-    small = len(output) <= SMALL_BYTES and small_tree(files)
-    await run_file_work(small, _pack_with_output, files, output_file, output, archive)
-
-
-def _pack_with_output(files: Path, output_file: Path, output: str, archive: Path) -> None:
-    """The output file, then the zip: one trip to a worker thread."""
+def pack_with_output(files: Path, output_file: Path, output: str, archive: Path) -> None:
+    """Write the stage's output file among `files`, then zip them all into `archive`: one
+    trip to a worker thread."""
     try:
         output_file.write_text(output, encoding="utf-8")
     except OSError as exc:  # e.g. the executor left a directory of that name

@@ -1,6 +1,6 @@
 """A task's whole life, top to bottom: the only place that decides how a delivery is settled.
 
-    parse → stage → executor → download → unpack → execute → pack → upload → forward → ack
+    parse → stage → executor → download → check → execute → add output → upload → forward → ack
 
 Any step may raise a TaskCrash; `process` turns it into a crash notice and a reject (or,
 with MESSAGE_BROKER_REQUEUE_ON_REJECT, a counted requeue until ULOS_MAX_DELIVERIES: a
@@ -55,7 +55,6 @@ from ulos_py.errors import (
     TaskCrash,
     UploadFailed,
 )
-from ulos_py.file_work import pack_results, unpack_submission
 from ulos_py.models import Outcome, RoutingNode, Task, parse_task
 from ulos_py.notices import DeliveryBudget, Event, NoticeContext
 from ulos_py.ports import (
@@ -66,6 +65,7 @@ from ulos_py.ports import (
     ExecutorRegistry,
     Publisher,
     Storage,
+    TaskFiles,
     TimeoutPolicy,
 )
 from ulos_py.reporting import NoticeObserver, NoticeRoutes, Reporter, no_observer
@@ -187,8 +187,8 @@ async def _run_stage(
         await deps.storage.download(task.file_path, space.archive)
     except StorageError as exc:
         raise DownloadFailed(f"cannot download {task.file_path}: {exc}") from exc
-    await unpack_submission(space.archive, space.files, deps.limits)
-    report.log(Event.DOWNLOADED, f"downloaded and unpacked {task.file_path}")
+    await space.files.check(deps.limits)
+    report.log(Event.DOWNLOADED, f"downloaded and checked {task.file_path}")
     await _lease_if_long(task, delivery, deps, report)
 
     report.log(Event.EXECUTION_STARTED, f"executor {executor.name} started")
@@ -201,9 +201,8 @@ async def _run_stage(
     )
 
     try:
-        output = space.files / output_file_name(stage)
-        await pack_results(space.files, output, result.output, space.archive)
-        await deps.storage.upload(space.archive, task.file_path)
+        results = await space.files.seal(output_file_name(stage), result.output)
+        await deps.storage.upload(results, task.file_path)
     except (StorageError, OSError) as exc:
         raise UploadFailed(f"cannot upload {task.file_path}: {exc}") from exc
     report.log(Event.UPLOADED, f"uploaded results to {task.file_path}")
@@ -262,7 +261,7 @@ async def _lease_if_long(task: Task, delivery: Delivery, deps: Deps, report: Rep
 
 
 async def _execute(
-    executor: Executor, workdir: Path, stage: RoutingNode, seconds: float
+    executor: Executor, files: TaskFiles, stage: RoutingNode, seconds: float
 ) -> ExecutionResult:
     """Run the executor under the task's timeout; its work is stopped when time runs out."""
     if seconds <= 0:
@@ -270,7 +269,7 @@ async def _execute(
     deadline = asyncio.timeout(seconds)
     try:
         async with deadline:
-            return await executor.run(workdir, stage)
+            return await executor.run(files, stage)
     except TimeoutError as exc:
         if deadline.expired():
             return _timed_out(executor, seconds)

@@ -172,7 +172,7 @@ class NodeMetrics:
                 registry=registry,
             )
 
-        self.download = duration("download", "From received to downloaded and unpacked.")
+        self.download = duration("download", "From received to downloaded and checked.")
         self.execution = duration("execution", "From execution_started to execution_finished.")
         self.upload = duration("upload", "From execution_finished to packed and uploaded.")
         self.forward = duration("forward", "From uploaded to the next stage's confirmed publish.")

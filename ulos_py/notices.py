@@ -24,7 +24,7 @@ class Event(StrEnum):
     RECEIVED = "received"
     """A delivery was taken and parsed."""
     DOWNLOADED = "downloaded"
-    """The zip is on the node and unpacked."""
+    """The zip is on the node and checked."""
     LEASED = "leased"
     """The task may outlast the broker's consumer timeout: a lease holds it while it runs."""
     EXECUTION_STARTED = "execution_started"

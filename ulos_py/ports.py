@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, Protocol
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Protocol
 
 from ulos_py.models import Outcome, RoutingNode
+from ulos_py.zip_stream import TarResults
 
 
 class Delivery(Protocol):
@@ -99,8 +100,25 @@ class ExecutionResult:
     output: str
 
 
+class TaskFiles(Protocol):
+    """A task's submission, in the form its executor asks for. Untouched, it is never
+    unpacked: the stage's output is added to the zip as it came (SPEC §3 checks done)."""
+
+    async def directory(self) -> Path:
+        """The files unpacked to a folder the executor may change; what it leaves there is
+        what gets uploaded."""
+
+    async def tar_for(self, mount: PurePosixPath, owner: tuple[int, int]) -> BinaryIO:
+        """The files as a tar stream of the folder `mount.name`, every entry owned by
+        `owner` (uid, gid), to be put at `mount.parent`."""
+
+    async def take_tar(self, stream: BinaryIO, marker: PurePosixPath | None) -> TarResults:
+        """The files become the tar stream of a folder (a container's results), checked as
+        untrusted, less `marker`; raises ExecutionCrashed."""
+
+
 class Executor(Protocol):
-    """Runs one stage on a working directory.
+    """Runs one stage on a task's files.
 
     `run` is cancelled when the task times out or the node shuts down; it must stop its work
     before the cancellation propagates. It raises ExecutionCrashed for a crash.
@@ -112,7 +130,7 @@ class Executor(Protocol):
     @property
     def on_timeout(self) -> TimeoutPolicy: ...
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult: ...
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult: ...
 
 
 class ExecutorRegistry(Protocol):

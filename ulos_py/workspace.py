@@ -21,23 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ulos_py.file_work import small_tree
+from ulos_py.task_files import WorkspaceFiles
 
 
 @dataclass(frozen=True)
 class Workspace:
-    """Where one delivery's zip and unpacked files live."""
+    """Where one delivery's zip lives, and its files if an executor needs them unpacked."""
 
     root: Path
+    files: WorkspaceFiles
 
     @property
     def archive(self) -> Path:
-        """The task's zip as downloaded, later the zip to upload."""
-        return self.root / "task.zip"
-
-    @property
-    def files(self) -> Path:
-        """The unpacked submission that the executor works in."""
-        return self.root / "files"
+        """The task's zip as downloaded."""
+        return self.files.downloaded
 
 
 class Cleaner:
@@ -85,9 +82,8 @@ class Cleaner:
 def _create(parent: Path, task_id: str) -> Workspace:
     parent.mkdir(parents=True, exist_ok=True)
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:40]
-    space = Workspace(Path(tempfile.mkdtemp(prefix=f"task-{label}-", dir=parent)))
-    space.files.mkdir()
-    return space
+    root = Path(tempfile.mkdtemp(prefix=f"task-{label}-", dir=parent))
+    return Workspace(root, WorkspaceFiles(root))
 
 
 @asynccontextmanager

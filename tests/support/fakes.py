@@ -28,7 +28,7 @@ from ulos_py.errors import (
 )
 from ulos_py.execution.containers import ContainerExit, ContainerSpec
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import Envelope, ExecutionResult, TimeoutPolicy
+from ulos_py.ports import Envelope, ExecutionResult, TaskFiles, TimeoutPolicy
 
 Route = tuple[str, str]
 
@@ -182,8 +182,8 @@ class SleepingExecutor:
         self.cancelled = False
         self.workdir: Path | None = None
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
-        self.workdir = workdir
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult:
+        self.workdir = await files.directory()
         self.started.set()
         try:
             await asyncio.Event().wait()
@@ -194,7 +194,8 @@ class SleepingExecutor:
 
 
 class FileWritingExecutor:
-    """Writes one file into the working directory and decides `outcome`.
+    """Asks for a working directory (as an executor that needs one does), writes one file
+    into it and decides `outcome`.
 
     Records the relative paths it found in the working directory (`seen` for the last run,
     `listings` for all), so tests can see what the submission was unpacked to.
@@ -216,7 +217,8 @@ class FileWritingExecutor:
         self.listings: list[list[str]] = []
         self.workdirs: list[Path] = []
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult:
+        workdir = await files.directory()
         self.workdirs.append(workdir)
         self.seen = await asyncio.to_thread(_listing, workdir)
         self.listings.append(self.seen)
@@ -235,7 +237,7 @@ class RaisingExecutor:
     name = "raiser"
     on_timeout = TimeoutPolicy.CRASH
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult:
         raise RuntimeError("executor bug")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tests.support.fakes import FakeEngine
+from tests.support.fakes import FakeEngine, zip_bytes, zip_names
 from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import ConfigError, ExecutionCrashed
 from ulos_py.execution.docker import DockerExecutor
@@ -23,6 +23,7 @@ from ulos_py.execution.docker_spec import SuccessRule, load_docker_spec, parse_s
 from ulos_py.execution.transfer import pack_for_container, unpack_from_container
 from ulos_py.models import Outcome, RoutingNode
 from ulos_py.ports import TimeoutPolicy
+from ulos_py.task_files import WorkspaceFiles
 
 STAGE = RoutingNode(exchange="lab", routing_key="check")
 
@@ -40,12 +41,27 @@ def make_executor(tmp_path: Path, engine: FakeEngine, settings: str = "") -> Doc
     return DockerExecutor(load_docker_spec("check", folder), engine, "node-1")
 
 
-def submission(tmp_path: Path) -> Path:
+def tree(tmp_path: Path) -> Path:
     workdir = tmp_path / "files"
     (workdir / "src").mkdir(parents=True)
     (workdir / "main.py").write_text("print('hi')\n")
     (workdir / "src" / "util.py").write_text("X = 1\n")
     return workdir
+
+
+async def submission(tmp_path: Path) -> WorkspaceFiles:
+    """The same submission as a task's files: a checked zip, never unpacked."""
+    root = tmp_path / "space"
+    root.mkdir()
+    files = WorkspaceFiles(root)
+    files.downloaded.write_bytes(zip_bytes({"main.py": "print('hi')\n", "src/util.py": "X = 1\n"}))
+    await files.check(ArchiveLimits())
+    return files
+
+
+async def uploaded(files: WorkspaceFiles) -> dict[str, bytes]:
+    """What would be uploaded (with an output file `out.txt`)."""
+    return zip_names((await files.seal("out.txt", "output\n")).read_bytes())
 
 
 # --- settings ----------------------------------------------------------------------------
@@ -115,7 +131,7 @@ def test_missing_image_or_dockerfile_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_files_go_in_owned_by_the_container_user(tmp_path: Path) -> None:
-    stream = pack_for_container(submission(tmp_path), PurePosixPath("/task"), (10001, 10002))
+    stream = pack_for_container(tree(tmp_path), PurePosixPath("/task"), (10001, 10002))
 
     with stream, tarfile.open(fileobj=stream) as tar:
         members = tar.getmembers()
@@ -221,14 +237,16 @@ def exits_with(status: int, write: dict[str, str] | None = None, delete: tuple[s
 
 async def test_exit_zero_passes_and_results_replace_the_task_directory(tmp_path: Path) -> None:
     engine = FakeEngine(exits_with(0, {"results/report.txt": "all good\n"}, delete=("main.py",)))
-    workdir = submission(tmp_path)
+    files = await submission(tmp_path)
 
-    result = await make_executor(tmp_path, engine).run(workdir, STAGE)
+    result = await make_executor(tmp_path, engine).run(files, STAGE)
 
     assert result.outcome is Outcome.PASS
-    assert (workdir / "results" / "report.txt").read_text() == "all good\n"
-    assert not (workdir / "main.py").exists()  # what the container deleted stays deleted
-    assert (workdir / "src" / "util.py").read_text() == "X = 1\n"
+    after = await uploaded(files)
+    assert after["results/report.txt"] == b"all good\n"
+    assert "main.py" not in after  # what the container deleted stays deleted
+    assert after["src/util.py"] == b"X = 1\n"
+    assert not (tmp_path / "space" / "files").exists()  # no tree on the node
     assert result.output.startswith("container says hi\n")
     assert "pass by rule exit-code" in result.output
     assert engine.live == 0
@@ -237,7 +255,7 @@ async def test_exit_zero_passes_and_results_replace_the_task_directory(tmp_path:
 async def test_nonzero_exit_fails(tmp_path: Path) -> None:
     engine = FakeEngine(exits_with(3))
 
-    result = await make_executor(tmp_path, engine).run(submission(tmp_path), STAGE)
+    result = await make_executor(tmp_path, engine).run(await submission(tmp_path), STAGE)
 
     assert result.outcome is Outcome.FAIL
     assert "exited with status 3" in result.output
@@ -250,21 +268,21 @@ async def test_marker_rule_decides_by_the_file_and_removes_it(
     tmp_path: Path, write: dict[str, str], outcome: Outcome
 ) -> None:
     engine = FakeEngine(exits_with(1, write))  # the exit status does not count for markers
-    workdir = submission(tmp_path)
+    files = await submission(tmp_path)
 
     result = await make_executor(tmp_path, engine, 'success = "marker:out/PASSED"\n').run(
-        workdir, STAGE
+        files, STAGE
     )
 
     assert result.outcome is outcome
-    assert not (workdir / "out" / "PASSED").exists()
+    assert "out/PASSED" not in await uploaded(files)
 
 
 async def test_container_gets_the_sandbox_and_labels(tmp_path: Path) -> None:
     engine = FakeEngine(exits_with(0))
     settings = '[environment]\nLAB = "7"\n[limits]\nmemory = "1g"\ncpus = 0.5\n'
 
-    await make_executor(tmp_path, engine, settings).run(submission(tmp_path), STAGE)
+    await make_executor(tmp_path, engine, settings).run(await submission(tmp_path), STAGE)
 
     [spec] = engine.specs
     assert (spec.image, spec.user, spec.working_dir) == ("lab/check", "10001:10001", "/task")
@@ -284,7 +302,8 @@ async def test_cancellation_removes_the_container(tmp_path: Path) -> None:
         return 0
 
     engine = FakeEngine(forever)
-    running = asyncio.create_task(make_executor(tmp_path, engine).run(submission(tmp_path), STAGE))
+    files = await submission(tmp_path)
+    running = asyncio.create_task(make_executor(tmp_path, engine).run(files, STAGE))
     await started.wait()
     running.cancel()
 

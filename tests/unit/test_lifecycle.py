@@ -41,7 +41,7 @@ from ulos_py.archive import ArchiveLimits
 from ulos_py.execution.builtin import Behaviour, BuiltinExecutor
 from ulos_py.lifecycle import process
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import ExecutionResult, TimeoutPolicy
+from ulos_py.ports import ExecutionResult, TaskFiles, TimeoutPolicy
 from ulos_py.routing import output_file_name
 
 FAILURE_ROUTE = ("results", "lab.failed")
@@ -138,6 +138,20 @@ async def test_pass_upload_holds_submission_and_stage_output(tmp_path: Path) -> 
     await node.assert_work_dir_empty()
 
 
+async def test_a_builtin_executors_submission_is_never_unpacked(tmp_path: Path) -> None:
+    """The upload is the downloaded zip with the output appended: its entries untouched."""
+    node = make_node(tmp_path)
+    with zipfile.ZipFile(io.BytesIO(SUBMISSION)) as zf:
+        entries_end = zf.start_dir
+
+    await node.run(encode(task("pass")))
+
+    uploaded = node.storage.files[FILE]
+    assert uploaded[:entries_end] == SUBMISSION[:entries_end]
+    assert set(zip_names(uploaded)) == {*zip_names(SUBMISSION), f"output_{EXCHANGE}_pass.txt"}
+    await node.assert_work_dir_empty()
+
+
 async def test_executor_files_are_uploaded_and_output_file_named_after_stage(
     tmp_path: Path,
 ) -> None:
@@ -160,8 +174,8 @@ class OutputNameTaker:
     name = "squatter"
     on_timeout = TimeoutPolicy.CRASH
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
-        (workdir / output_file_name(stage)).mkdir()
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult:
+        (await files.directory() / output_file_name(stage)).mkdir()
         return ExecutionResult(Outcome.PASS, "done\n")
 
 

@@ -37,7 +37,7 @@ async def test_two_tasks_with_one_id_get_separate_workspaces_and_both_are_remove
         workspace(tmp_path, "same/id", cleaner) as second,
     ):
         assert first.root != second.root
-        assert first.files.is_dir() and second.files.is_dir()
+        assert first.root.is_dir() and second.root.is_dir()
         first.archive.write_bytes(b"zip")
     await cleaner.drain()
     assert list(tmp_path.iterdir()) == []
@@ -49,7 +49,7 @@ async def test_a_failing_task_still_has_its_workspace_removed(tmp_path: Path) ->
 
     async def failing_task() -> None:
         async with workspace(tmp_path, "t", cleaner) as space:
-            (space.files / "a.txt").write_text("x")
+            (space.root / "a.txt").write_text("x")
             raise RuntimeError("executor blew up")
 
     with pytest.raises(RuntimeError):
@@ -68,7 +68,7 @@ async def test_a_small_workspace_is_removed_at_once_without_a_thread(tmp_path: P
     cleaner = Cleaner()
     with mock.patch.object(asyncio, "to_thread", side_effect=AssertionError("a thread hop")):
         async with workspace(tmp_path, "t", cleaner) as space:
-            (space.files / "main.py").write_text("print(1)\n")
+            (space.root / "main.py").write_text("print(1)\n")
     assert list(tmp_path.iterdir()) == []
     assert cleaner.pending == 0
 
@@ -80,7 +80,7 @@ async def test_a_large_workspace_is_removed_without_waiting_for_the_disk(tmp_pat
     cleaner = Cleaner()
     with mock.patch.object(workspace_module.shutil, "rmtree", slow_rmtree):
         async with workspace(tmp_path, "t", cleaner) as space:
-            fill(space.files)
+            fill(space.root)
         assert cleaner.pending == 1  # the block is over, the removal is not
         assert len(list(tmp_path.iterdir())) == 1
         release.set()
@@ -95,11 +95,11 @@ async def test_a_full_backlog_makes_the_next_task_wait(tmp_path: Path) -> None:
     cleaner = Cleaner(backlog=1)
     with mock.patch.object(workspace_module.shutil, "rmtree", slow_rmtree):
         async with workspace(tmp_path, "first", cleaner) as space:
-            fill(space.files)
+            fill(space.root)
 
         async def second() -> None:
             async with workspace(tmp_path, "second", cleaner) as space:
-                fill(space.files)
+                fill(space.root)
 
         waiting = asyncio.create_task(second())
         await asyncio.sleep(0.1)
@@ -116,11 +116,11 @@ async def test_a_cancelled_wait_for_room_removes_the_workspace_at_once(tmp_path:
     cleaner = Cleaner(backlog=1)
     with mock.patch.object(workspace_module.shutil, "rmtree", slow_rmtree):
         async with workspace(tmp_path, "first", cleaner) as space:
-            fill(space.files)
+            fill(space.root)
 
         async def second() -> None:
             async with workspace(tmp_path, "second", cleaner) as space:
-                fill(space.files)
+                fill(space.root)
 
         waiting = asyncio.create_task(second())
         await asyncio.sleep(0.1)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 from ulos_py.errors import ExecutionCrashed
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import ExecutionResult, TimeoutPolicy
+from ulos_py.ports import ExecutionResult, TaskFiles, TimeoutPolicy
 
 
 class Behaviour(StrEnum):
@@ -32,7 +31,7 @@ class BuiltinExecutor:
     delay_seconds: float = 0.0
     on_timeout: TimeoutPolicy = TimeoutPolicy.CRASH
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult:
         if self.delay_seconds > 0:
             await asyncio.sleep(self.delay_seconds)
         summary = f"built-in executor {self.name!r} on stage {stage.routing_key!r}"

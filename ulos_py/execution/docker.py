@@ -1,6 +1,10 @@
 """The docker executor: one sandboxed container per task, removed on every way out.
 
-    pack files → create → copy in → start → wait → read output → copy out → remove → decide
+    files as tar → create → copy in → start → wait → read output → copy out → remove →
+    tar becomes the task's files → decide
+
+The files travel as tar streams made from the task's zip and turned back into it
+(`TaskFiles.tar_for`, `take_tar`): no tree of them is written on the node.
 
 A timeout, a cancellation or a node shutdown cancels `run`; the engine's container context
 kills and removes the container before the cancellation goes on, so none outlives its task.
@@ -10,24 +14,16 @@ ExecutionCrashed here, with the engine's words as the detail.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from pathlib import PurePosixPath
 
 from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import EngineError, ExecutionCrashed
 from ulos_py.execution.containers import ContainerEngine, ContainerExit, ContainerSpec
 from ulos_py.execution.docker_spec import DockerExecutorSpec, parse_size
-from ulos_py.execution.transfer import (
-    pack_for_container,
-    spool,
-    stream_limit,
-    unpack_from_container,
-)
+from ulos_py.execution.transfer import spool, stream_limit
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import ExecutionResult, TimeoutPolicy
+from ulos_py.ports import ExecutionResult, TaskFiles, TimeoutPolicy
 
 
 @dataclass(frozen=True)
@@ -45,10 +41,10 @@ class DockerExecutor:
     def on_timeout(self) -> TimeoutPolicy:
         return self.spec.settings.on_timeout
 
-    async def run(self, workdir: Path, stage: RoutingNode) -> ExecutionResult:
+    async def run(self, files: TaskFiles, stage: RoutingNode) -> ExecutionResult:
         mount = PurePosixPath(self.spec.settings.mount)
         owner = self.spec.settings.limits.uid_gid
-        files_in = await asyncio.to_thread(pack_for_container, workdir, mount, owner)
+        files_in = await files.tar_for(mount, owner)
         files_out = spool()
         try:
             try:
@@ -60,12 +56,12 @@ class DockerExecutor:
                     await container.copy_out(str(mount), files_out, stream_limit(self.limits))
             except EngineError as exc:
                 raise ExecutionCrashed(str(exc)) from exc
-            left_out = await asyncio.to_thread(_replace_files, workdir, files_out, self.limits)
+            results = await files.take_tar(files_out, self.spec.rule.marker)
         finally:
             files_in.close()
             files_out.close()
-        outcome = self._decide(workdir, ended)
-        return ExecutionResult(outcome, output + self._footer(ended, outcome, left_out))
+        outcome = self._decide(results.marker_found, ended)
+        return ExecutionResult(outcome, output + self._footer(ended, outcome, results.left_out))
 
     def _container_spec(self, stage: RoutingNode) -> ContainerSpec:
         settings = self.spec.settings
@@ -90,15 +86,10 @@ class DockerExecutor:
             },
         )
 
-    def _decide(self, workdir: Path, ended: ContainerExit) -> Outcome:
-        marker = self.spec.rule.marker
-        if marker is None:
+    def _decide(self, marker_found: bool, ended: ContainerExit) -> Outcome:
+        if self.spec.rule.marker is None:
             return Outcome.PASS if ended.status == 0 else Outcome.FAIL
-        marker_file = workdir / marker
-        if not marker_file.is_file():
-            return Outcome.FAIL
-        marker_file.unlink()  # the marker is the executor's signal, not a result
-        return Outcome.PASS
+        return Outcome.PASS if marker_found else Outcome.FAIL  # the marker itself is not kept
 
     def _footer(self, ended: ContainerExit, outcome: Outcome, left_out: list[str]) -> str:
         memory = self.spec.settings.limits.memory
@@ -109,10 +100,3 @@ class DockerExecutor:
             lines.append(f"[ulos-py] links and special files not kept: {', '.join(left_out)}")
         lines.append(f"[ulos-py] {outcome.value} by rule {self.spec.rule.describe()}")
         return "\n" + "\n".join(lines) + "\n"
-
-
-def _replace_files(workdir: Path, tar: BinaryIO, limits: ArchiveLimits) -> list[str]:
-    """The task directory becomes what the container left: deletions included."""
-    shutil.rmtree(workdir)
-    workdir.mkdir()
-    return unpack_from_container(tar, workdir, limits)

@@ -1,0 +1,320 @@
+"""A task's zip worked on as a stream: checked, added to, turned into a tar and back.
+
+An executor that never looks at the files (the built-in ones) gets no unpacked tree: the
+zip is checked entry by entry, and the stage's output is appended to it in place. A docker
+executor gets a tar stream made from the zip's entries, and the tar its container leaves
+becomes the new zip, again without a tree on disk.
+
+Every check of `archive.safe_unpack` holds on the stream (SPEC §3): path escapes, links and
+special files, entry and size limits, a header that lies about its size (every entry is
+read and its CRC checked, never more than its declared size), names given twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, BinaryIO
+
+from ulos_py.archive import (
+    CHUNK,
+    SAMPLE,
+    ArchiveLimits,
+    Entry,
+    checked_entries,
+    compression_for_sample,
+)
+from ulos_py.errors import ExecutionCrashed, UnsafeArchive
+
+EXECUTABLE = 0o755
+PLAIN = 0o644
+LOCAL_HEADER = b"PK\x03\x04"
+LOCAL_HEADER_SIZE = 30
+"""An entry's local header: signature, fixed fields, then its name and extra field."""
+EARLIEST = (1980, 1, 1, 0, 0, 0)
+"""A zip cannot date an entry before 1980."""
+
+
+@dataclass(frozen=True)
+class ZipContents:
+    """What a checked zip holds, by relative path (folders without their slash)."""
+
+    files: frozenset[str]
+    folders: frozenset[str]
+    as_stored: bool
+    """True when every entry already has the name an unpacked tree would give it: no junk
+    dropped, no wrapping folder stripped. Only then may the zip be added to in place."""
+
+
+@dataclass(frozen=True)
+class TarResults:
+    """What came back from a container, once it is the task's zip again."""
+
+    left_out: list[str]
+    """Links and special files the container made: not kept, named in the output."""
+    marker_found: bool
+    """The success marker asked for was a file among the results (it is not kept)."""
+
+
+def _open_zip(archive: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        raise UnsafeArchive(f"not a valid zip file: {exc}") from exc
+    except (OSError, EOFError, ValueError) as exc:
+        raise UnsafeArchive(f"cannot read the zip: {exc}") from exc
+
+
+def _contents(entries: list[Entry], as_stored: bool) -> ZipContents:
+    files: set[str] = set()
+    folders: set[str] = set()
+    for info, parts in entries:
+        name = "/".join(parts)
+        if info.is_dir():
+            folders.add(name)
+        elif name in files:
+            raise UnsafeArchive(f"entry {info.filename!r} appears twice")
+        else:
+            files.add(name)
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    clash = files & folders
+    if clash:
+        raise UnsafeArchive(f"entry {min(clash)!r} is both a file and a folder")
+    return ZipContents(frozenset(files), frozenset(folders), as_stored)
+
+
+def check_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
+    """Check `archive` as `safe_unpack` would, reading every entry but writing nothing;
+    raise UnsafeArchive."""
+    return _examine(archive, limits, read=True)
+
+
+def list_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
+    """What a zip this node wrote holds, from its central directory alone."""
+    return _examine(archive, limits, read=False)
+
+
+def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
+    with _open_zip(archive) as zf:
+        try:
+            entries = checked_entries(zf, limits)
+            kept = {info.filename for info, _ in entries}
+            as_stored = all(
+                info.filename.rstrip("/") == "/".join(parts) for info, parts in entries
+            ) and all(info.filename in kept for info in zf.infolist())
+            contents = _contents(entries, as_stored)
+            if not read:
+                return contents
+            budget = limits.max_total_bytes
+            for info, _ in entries:
+                for chunk in _read(zf, info):
+                    budget -= len(chunk)
+                    if budget < 0:
+                        raise UnsafeArchive("unpacked bytes exceed the size limit")
+        except zipfile.BadZipFile as exc:
+            raise UnsafeArchive(f"not a valid zip file: {exc}") from exc
+        except (OSError, EOFError, NotImplementedError, ValueError, RuntimeError) as exc:
+            raise UnsafeArchive(f"cannot unpack: {exc}") from exc
+    return contents
+
+
+def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """An entry's bytes; zipfile stops at its declared size and checks its CRC at the end."""
+    if info.is_dir():
+        return
+    with zf.open(info) as src:
+        while chunk := src.read(CHUNK):
+            yield chunk
+
+
+def append_file(archive: Path, name: str, data: bytes) -> None:
+    """Add one file to a zip in place: its entries are not read or written again."""
+    with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(_new_info(name, PLAIN), data)
+
+
+def rewrite_zip(source: Path, dest: Path, limits: ArchiveLimits, drop: str) -> None:
+    """Copy `source` into `dest` under the names an unpacked tree would have (junk and a
+    wrapping folder gone), leaving out `drop`. Each file's compressed bytes are copied as
+    they are: inflating and deflating again cost seconds per 100 MB."""
+    with _open_zip(source) as zf, zipfile.ZipFile(dest, "w") as out:
+        for info, parts in checked_entries(zf, limits):
+            name = "/".join(parts)
+            if name == drop:
+                continue
+            if info.is_dir():
+                out.writestr(_new_info(name + "/", EXECUTABLE, info.date_time), b"")
+            else:
+                _copy_compressed(zf, info, out, name)
+
+
+def _copy_compressed(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: zipfile.ZipFile, name: str
+) -> None:
+    """Add `info`'s compressed bytes to `out` under `name`, with its CRC and sizes (checked
+    by `check_zip` before). zipfile has no call for it: this writes the local header with
+    zipfile's own `FileHeader` and registers the entry as `ZipFile.write` does."""
+    source, sink = zf.fp, out.fp
+    if source is None or sink is None:
+        raise UnsafeArchive("the zip was closed while being copied")
+    source.seek(info.header_offset)
+    local = source.read(LOCAL_HEADER_SIZE)
+    if len(local) < LOCAL_HEADER_SIZE or local[:4] != LOCAL_HEADER:
+        raise UnsafeArchive(f"entry {info.filename!r} has no valid local header")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    source.seek(info.header_offset + LOCAL_HEADER_SIZE + name_length + extra_length)
+    entry = _new_info(name, _mode_of(info), info.date_time, info.compress_type)
+    entry.CRC, entry.compress_size, entry.file_size = info.CRC, info.compress_size, info.file_size
+    zip64 = max(info.file_size, info.compress_size) > zipfile.ZIP64_LIMIT
+    entry.header_offset = sink.tell()
+    sink.write(entry.FileHeader(zip64))
+    left = info.compress_size
+    while left:
+        chunk = source.read(min(CHUNK, left))
+        if not chunk:
+            raise UnsafeArchive(f"entry {info.filename!r} is cut short")
+        sink.write(chunk)
+        left -= len(chunk)
+    out.filelist.append(entry)
+    out.NameToInfo[name] = entry
+    out.start_dir = sink.tell()
+
+
+def zip_to_tar(
+    archive: Path,
+    into: IO[bytes],
+    limits: ArchiveLimits,
+    top: str,
+    owner: tuple[int, int],
+) -> None:
+    """Write the zip's entries as a tar of the folder `top`, every entry owned by `owner`.
+
+    Folders the zip only implies get an entry of their own, so the container's user owns
+    every folder of its task and can write there.
+    """
+    uid, gid = owner
+    now = time.time()
+
+    def header(name: str, mode: int, kind: bytes, size: int = 0) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(f"{top}/{name}" if name else top)
+        info.type, info.mode, info.size, info.mtime = kind, mode, size, now
+        info.uid, info.gid = uid, gid
+        return info
+
+    with (
+        _open_zip(archive) as zf,
+        tarfile.open(fileobj=into, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        try:
+            tar.addfile(header("", EXECUTABLE, tarfile.DIRTYPE))
+            made: set[str] = set()
+            for info, parts in checked_entries(zf, limits):
+                folders = parts if info.is_dir() else parts[:-1]
+                for depth in range(1, len(folders) + 1):
+                    folder = "/".join(folders[:depth])
+                    if folder not in made:
+                        made.add(folder)
+                        tar.addfile(header(folder, EXECUTABLE, tarfile.DIRTYPE))
+                if info.is_dir():
+                    continue
+                name = "/".join(parts)
+                entry = header(name, _mode_of(info), tarfile.REGTYPE, info.file_size)
+                with zf.open(info) as src:
+                    tar.addfile(entry, src)
+        except zipfile.BadZipFile as exc:
+            raise UnsafeArchive(f"not a valid zip file: {exc}") from exc
+        except (OSError, EOFError, NotImplementedError, ValueError) as exc:
+            raise UnsafeArchive(f"cannot unpack: {exc}") from exc
+
+
+def tar_to_zip(
+    stream: BinaryIO, dest: Path, limits: ArchiveLimits, marker: PurePosixPath | None
+) -> TarResults:
+    """Turn the tar of a container's task folder into the task's zip, checking it as the
+    untrusted thing it is: names that escape, links and special files (left out), and the
+    entry and size limits. Raises ExecutionCrashed."""
+    left_out: list[str] = []
+    seen: set[str] = set()
+    found = False
+    total = 0
+    try:
+        with (
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+            zipfile.ZipFile(dest, "w") as out,
+        ):
+            for member in tar:
+                relative = _relative(member.name)
+                if not relative:
+                    continue
+                if not (member.isfile() or member.isdir()):
+                    left_out.append(relative)
+                    continue
+                if relative in seen:
+                    raise ExecutionCrashed(f"the container left {relative!r} twice")
+                seen.add(relative)
+                total += member.size
+                if len(seen) > limits.max_entries or total > limits.max_total_bytes:
+                    raise ExecutionCrashed(
+                        f"the container left more than {limits.max_entries} entries or "
+                        f"{limits.max_total_bytes} bytes in its task directory"
+                    )
+                if member.isdir():
+                    out.writestr(_new_info(relative + "/", EXECUTABLE, _date(member)), b"")
+                elif marker is not None and relative == marker.as_posix():
+                    found = True  # the marker is the executor's signal, not a result
+                else:
+                    _copy_member(tar, member, relative, out)
+    except tarfile.TarError as exc:
+        raise ExecutionCrashed(f"the container's files could not be read: {exc}") from exc
+    return TarResults(left_out, found)
+
+
+def _relative(name: str) -> str:
+    """A tar member's path below the task folder ('' for the folder itself)."""
+    path = PurePosixPath(name)
+    parts = [p for p in path.parts[1:] if p not in ("", ".")]
+    if path.is_absolute() or ".." in parts:
+        raise ExecutionCrashed(f"the container left an unsafe entry: {name!r}")
+    return "/".join(parts)
+
+
+def _copy_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, relative: str, out: zipfile.ZipFile
+) -> None:
+    src = tar.extractfile(member)
+    if src is None:  # pragma: no cover - a regular file always has a body
+        raise ExecutionCrashed(f"the container's {relative!r} has no content")
+    sample = src.read(SAMPLE)
+    mode = EXECUTABLE if member.mode & 0o111 else PLAIN
+    target = _new_info(relative, mode, _date(member), compression_for_sample(sample))
+    with out.open(target, "w", force_zip64=True) as sink:
+        sink.write(sample)
+        shutil.copyfileobj(src, sink, CHUNK)
+
+
+def _mode_of(info: zipfile.ZipInfo) -> int:
+    return EXECUTABLE if (info.external_attr >> 16) & 0o111 else PLAIN
+
+
+def _date(member: tarfile.TarInfo) -> tuple[int, int, int, int, int, int]:
+    stamp = time.localtime(max(member.mtime, 0))[:6]
+    return max(stamp, EARLIEST)
+
+
+def _new_info(
+    name: str,
+    mode: int,
+    date_time: tuple[int, int, int, int, int, int] | None = None,
+    compress_type: int = zipfile.ZIP_DEFLATED,
+) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time or time.localtime()[:6])
+    kind = 0o040000 if name.endswith("/") else 0o100000
+    info.external_attr = (kind | mode) << 16
+    info.compress_type = zipfile.ZIP_STORED if name.endswith("/") else compress_type
+    return info
