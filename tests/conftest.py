@@ -54,13 +54,12 @@ def broker() -> Broker:
 @pytest.fixture(scope="session")
 def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
     root = tmp_path_factory.mktemp("ftp-root")
-    server, thread = start_ftp_server(root)
+    server, stop = start_ftp_server(root)
     host, port = server.address[:2]
     try:
         yield FtpServer(host, port, FTP_USER, FTP_PASSWORD, root, server.handler)
     finally:
-        server.close_all()
-        thread.join(timeout=5)
+        stop()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from tests.support.services import (
     Broker,
     FtpServer,
     _TestHandler,
+    serve_in_thread,
 )
 
 RABBIT_TOOLS = Path("/usr/lib/rabbitmq/bin")
@@ -200,26 +201,21 @@ class RestartableFtp:
     root: Path
     port: int = 0
     _server: ThreadedFTPServer | None = None
-    _thread: threading.Thread | None = None
+    _stop: Callable[[], None] | None = None
 
     def start(self) -> None:
         authorizer = DummyAuthorizer()
         authorizer.add_user(FTP_USER, FTP_PASSWORD, str(self.root), perm="elradfmwMT")
         handler = type("Handler", (_TestHandler,), {"authorizer": authorizer})
         self._server = _OwnLoopFtpServer(("127.0.0.1", self.port), handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"timeout": 0.2}, daemon=True
-        )
-        self._thread.start()
+        self._stop = serve_in_thread(self._server)
         self.port = self._server.address[1]
 
     def stop(self) -> None:
         """Close the listener and every open connection: the server is gone."""
-        if self._server is not None:
-            self._server.close_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        if self._stop is not None:
+            self._stop()
+        self._server = self._stop = None
 
     @property
     def server(self) -> FtpServer:

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -114,15 +115,38 @@ class Broker:
         return f"amqp://{self.username}:{self.password}@{self.host}:{self.port}/"
 
 
-def start_ftp_server(root: Path, port: int = 0) -> tuple[ThreadedFTPServer, threading.Thread]:
+def serve_in_thread(server: ThreadedFTPServer) -> Callable[[], None]:
+    """Run a pyftpdlib server's loop in a thread of its own; the returned call stops it.
+
+    The loop's own thread closes the server once the loop has ended: closing it from another
+    thread while the loop polls makes the poll fail with EBADF (seen in CI at teardown)."""
+    stopping = threading.Event()
+
+    def serve() -> None:
+        try:
+            while not stopping.is_set():
+                server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
+        finally:
+            server.close_all()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(timeout=10)
+
+    return stop
+
+
+def start_ftp_server(root: Path, port: int = 0) -> tuple[ThreadedFTPServer, Callable[[], None]]:
+    """A plain FTP server for the tests on loopback, and the call that stops it."""
     authorizer = DummyAuthorizer()
     authorizer.add_user(FTP_USER, FTP_PASSWORD, str(root), perm="elradfmwMT")
     handler = type("Handler", (_TestHandler,), {"authorizer": authorizer})
     handler.passive_ports = None
     server = ThreadedFTPServer(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
-    thread.start()
-    return server, thread
+    return server, serve_in_thread(server)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from pyftpdlib.handlers import TLS_FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
-from tests.support.services import Broker, FtpServer, _TestHandler
+from tests.support.services import Broker, FtpServer, _TestHandler, serve_in_thread
 
 RABBITMQ_SCRIPTS = Path(os.environ.get("ULOS_TEST_RABBITMQ_SCRIPTS", "/usr/lib/rabbitmq/bin"))
 """Debian's RabbitMQ scripts. /usr/sbin/rabbitmq-server would switch to the rabbitmq user,
@@ -259,14 +258,12 @@ def _serve_ftp(
     )
     # An I/O loop of its own: pyftpdlib's shared one cannot serve two servers' threads.
     server = ThreadedFTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
-    thread.start()
+    stop = serve_in_thread(server)
     host, port = server.address[:2]
     try:
         yield FtpServer(host, port, "lab", password, root, handler)
     finally:
-        server.close_all()
-        thread.join(timeout=5)
+        stop()
 
 
 @pytest.fixture(scope="session")
