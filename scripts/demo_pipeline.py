@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -29,7 +30,10 @@ from typing import Any
 
 import aio_pika
 
+from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
+from ulos_py.archive import pack
 from ulos_py.cli.status import TrackerUnreachable, fetch_journey
+from ulos_py.settings import ConnectionSettings, load
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = ROOT / "testing-messages"
@@ -44,7 +48,7 @@ message behind, and runs beside a real deployment on the same broker."""
 BROKER_PORT = int(os.environ.get("MESSAGE_BROKER_PORT") or 5672)
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:{BROKER_PORT}/{VHOST}"
 FTP_PORT = int(os.environ.get("REMOTE_STORAGE_PORT") or 2121)
-TRACKER_PORT = 8400
+TRACKER_PORT = int(os.environ.get("ULOS_TRACKER_PORT") or 8400)
 TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
 ROLES = [
     "general",
@@ -85,18 +89,33 @@ def run(*args: str, quiet: bool = False) -> None:
         print(f"  {result.stdout.strip()}")
 
 
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def ensure_free(port: int, what: str, variable: str) -> None:
+    """A port another program holds would answer in place of the demo's own server."""
+    if answers(port):
+        raise SystemExit(
+            f"port {port} for {what} is already in use by another program: stop it, "
+            f"or choose another port with {variable}=PORT"
+        )
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
     # The tracker imports its web stack and migrates its database first: on a busy
     # machine that alone has taken more than 15 s.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{what} exited at start (is port {port} already in use?)")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            raise SystemExit(f"{what} exited at start (its log is in {RUN / 'logs'})")
+        if answers(port):
             return
-        except OSError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     raise SystemExit(f"{what} did not answer on port {port}")
 
 
@@ -106,6 +125,8 @@ def start_processes(children: list[subprocess.Popen[bytes]]) -> None:
     ftp_root.mkdir(parents=True)
     logs = RUN / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    ensure_free(FTP_PORT, "the FTP server", "REMOTE_STORAGE_PORT")
+    ensure_free(TRACKER_PORT, "the tracker", "ULOS_TRACKER_PORT")
     print(f"==> FTP server (pyftpdlib) on 127.0.0.1:{FTP_PORT}, files in {ftp_root}")
     ftp = subprocess.Popen(
         [
@@ -134,7 +155,14 @@ def start_processes(children: list[subprocess.Popen[bytes]]) -> None:
     print(f"==> nodes (logs in {logs})")
     for role in ROLES:
         log = (logs / f"{role}.log").open("w")
-        env = {**os.environ, "ULOS_LOG_FORMAT": "json", "ULOS_WORK_DIR": str(RUN / "work")}
+        env = {
+            **os.environ,
+            "ULOS_LOG_FORMAT": "json",
+            "ULOS_WORK_DIR": str(RUN / "work"),
+            # Ctrl-C means stop now: a task still running after 5 s goes back to its queue
+            # (and the queue with the demo's virtual host).
+            "ULOS_SHUTDOWN_GRACE": "5",
+        }
         node = subprocess.Popen(
             [*ULOS, "node", "--env-file", str(CONFIGS / f"{role}.env")],
             cwd=ROOT,
@@ -265,16 +293,27 @@ def publish_all(names: list[str]) -> None:
         )
 
 
-def upload_submissions(journeys: dict[str, Journey]) -> None:
+async def upload_submissions(journeys: dict[str, Journey]) -> None:
+    """Each message's submission folder, zipped and uploaded as `ulos-py storage upload` does,
+    over one FTP session (a CLI process per file cost the demo a minute on a busy machine)."""
     print("==> zipping and uploading each message's submission")
+    settings = load(ConnectionSettings, CONFIGS / "general.env")
+    ftp = FtpStorage(FtpAddress.of(settings), connections=1, retry=RetryPolicy())
     uploaded = 0
-    for name, journey in journeys.items():
-        body = json.loads((MESSAGES / f"{name}.json").read_text())
-        path = body.get("filePath")
-        if name in ("missing-file", "bad-format") or not isinstance(path, str):
-            continue
-        run("storage", "upload", str(ROOT / journey.submission), path, quiet=True)
-        uploaded += 1
+    try:
+        with tempfile.TemporaryDirectory(prefix="ulos-demo-") as scratch:
+            for name, journey in journeys.items():
+                body = json.loads((MESSAGES / f"{name}.json").read_text())
+                path = body.get("filePath")
+                if name in ("missing-file", "bad-format") or not isinstance(path, str):
+                    continue
+                archive = Path(scratch) / f"{name}.zip"
+                await asyncio.to_thread(pack, ROOT / journey.submission, archive)
+                await ftp.make_parents(path)
+                await ftp.upload(archive, path)
+                uploaded += 1
+    finally:
+        await ftp.close()
     print(f"  {uploaded} submissions uploaded")
 
 
@@ -401,9 +440,9 @@ async def main() -> int:
         published = asyncio.Event()
         watcher = asyncio.create_task(watch(journeys, ready, published))
         await ready.wait()
-        # In a thread: these wait on a CLI process per file (29 of them), and the watcher's
-        # broker connection must keep answering heartbeats meanwhile.
-        await asyncio.to_thread(upload_submissions, journeys)
+        await upload_submissions(journeys)
+        # In a thread: it waits on a CLI process, and the watcher's broker connection must
+        # keep answering heartbeats meanwhile.
         await asyncio.to_thread(publish_all, list(journeys))
         published.set()
         print("==> following the notices (task, stage, event, message)")
