@@ -44,8 +44,7 @@ def _private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Privat
 def private_broker(_private_rabbit: PrivateBroker) -> Iterator[PrivateBroker]:
     """The module's private RabbitMQ node, running again after each test that stopped it."""
     yield _private_rabbit
-    if _private_rabbit.ctl("await_startup", "--timeout", "1").returncode != 0:
-        _private_rabbit.start_app()
+    _private_rabbit.ensure_running()
 
 
 @pytest.fixture

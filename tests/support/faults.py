@@ -109,6 +109,12 @@ class PrivateBroker:
         cookie = self.home / ".erlang.cookie"
         cookie.write_text(uuid.uuid4().hex.upper())
         cookie.chmod(0o400)
+        self.launch()
+
+    def launch(self) -> None:
+        """Boot the node's VM; up once its AMQP port answers (RabbitMQ opens its listener
+        last), which is asked of the socket rather than of a `rabbitmqctl` VM that itself
+        takes seconds to boot on a busy machine."""
         subprocess.run(
             [rabbit_tool("rabbitmq-server"), "-detached"],
             env=self.env,
@@ -116,23 +122,45 @@ class PrivateBroker:
             timeout=60,
             check=True,
         )
-        self.await_startup()
+        self.await_port()
 
-    def await_startup(self, seconds: float = 90) -> None:
-        """The detached node registers with epmd a moment after it is launched: until then
-        `await_startup` fails at once, so it is asked again."""
+    @property
+    def answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def await_port(self, seconds: float = 90) -> None:
         deadline = time.monotonic() + seconds
-        while True:
-            result = self.ctl("await_startup", "--timeout", "30")
-            if result.returncode == 0:
-                return
+        while not self.answers:
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"private RabbitMQ {self.node} did not start: {result.stderr[-500:]}\n"
-                    f"{self.log_tail()}",
+                    f"private RabbitMQ {self.node} did not start:\n{self.log_tail()}",
                     pytrace=False,
                 )
-            time.sleep(0.5)
+            time.sleep(0.2)
+
+    @property
+    def pid(self) -> int | None:
+        pid_file = self.home / "rabbitmq.pid"
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def restart(self, down_seconds: float) -> None:
+        """Stop the whole node at once (SIGTERM: RabbitMQ's orderly stop, which closes every
+        client connection first), stay down `down_seconds`, and boot it again."""
+        pid = self.pid
+        assert pid is not None, f"{self.node} wrote no pid file"
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, 60):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
+        time.sleep(down_seconds)
+        self.launch()
 
     def log_tail(self) -> str:
         logs = sorted((self.home / "log").glob("*.log"))
@@ -145,7 +173,17 @@ class PrivateBroker:
     def start_app(self) -> None:
         result = self.ctl("start_app")
         assert result.returncode == 0, result.stderr
-        self.await_startup()
+        self.await_port()
+
+    def ensure_running(self) -> None:
+        """Running again after a test that stopped its app or its whole VM."""
+        if self.answers:
+            return
+        pid = self.pid
+        if pid is not None and _running(pid):
+            self.start_app()
+        else:
+            self.launch()
 
     def close_connections(self, name_part: str) -> int:
         """Close the client connections whose given name contains `name_part` (the nodes'
@@ -163,16 +201,13 @@ class PrivateBroker:
 
     def shutdown(self) -> None:
         """Stop the node and its Erlang VM (by the pid it wrote), whatever state it is in."""
-        pid_file = self.home / "rabbitmq.pid"
-        pid = int(pid_file.read_text().strip()) if pid_file.is_file() else None
-        self.ctl("stop", timeout=60)
-        if pid is None:
+        pid = self.pid
+        if pid is None or not _running(pid):
             return
-        deadline = time.monotonic() + 30
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _running(pid):
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, 30):
             os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
 
 
 def _running(pid: int) -> bool:
@@ -180,6 +215,15 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    return True
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
     return True
 
 
