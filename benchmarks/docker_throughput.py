@@ -379,7 +379,8 @@ async def run_node(run: Run, concurrency: int, round_no: int) -> Phase:
     async with AsyncExitStack() as stack:
         stack.push_async_callback(quietly, done_queue.cancel(tag))
         started = time.perf_counter()
-        since = time.time()
+        starts = ContainerStarts(run)
+        stack.callback(starts.stop)
         worker = await NodeProcess.start(env, bench.tmp / f"{phase.label}.log")
         stack.push_async_callback(worker.stop)
         profiler = await start_profiler(bench, phase.label, worker.pid)
@@ -394,8 +395,7 @@ async def run_node(run: Run, concurrency: int, round_no: int) -> Phase:
         phase.problems.append(f"the node exited {exit_code} after SIGTERM")
     phase.problems += node_log_problems(worker.log_path)
     await check_node_outcomes(run, phase, watcher, bodies)
-    starts = await asyncio.to_thread(container_starts, run, since, time.time())
-    if (to_start := received_to_start_ms(phase.received_at, starts)) is not None:
+    if (to_start := received_to_start_ms(phase.received_at, starts.seen)) is not None:
         phase.steps_ms["to_start"] = to_start
     await check_containers(run, phase)
     await asyncio.to_thread(shutil.rmtree, bench.ftp.root / "bench" / phase.label, True)
@@ -471,16 +471,34 @@ async def drain_notices(
     return notices, len(passed & task_ids), stamps
 
 
-def container_starts(run: Run, since: float, until: float) -> list[float]:
-    """When the engine started each container of this run's node (Docker events), in
-    seconds since the epoch, in order."""
-    events = run.api.events(
-        since=int(since),
-        until=int(until) + 1,
-        filters={"type": "container", "event": "start", "label": f"ulos-py.node={run.prefix}-node"},
-        decode=True,
-    )
-    return sorted(event["timeNano"] / 1e9 for event in events if since <= event["timeNano"] / 1e9)
+class ContainerStarts:
+    """The engine's start events of this run's node's containers, as they happen (seconds
+    since the epoch). Followed live: the engine keeps only its last few hundred events, too
+    few to ask for a 60-task phase afterwards."""
+
+    def __init__(self, run: Run) -> None:
+        self.seen: list[float] = []
+        self._stream = run.api.events(
+            since=int(time.time()),
+            filters={
+                "type": "container",
+                "event": "start",
+                "label": f"ulos-py.node={run.prefix}-node",
+            },
+            decode=True,
+        )
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        with suppress(Exception):  # the stream ends with an error when closed
+            for event in self._stream:
+                self.seen.append(event["timeNano"] / 1e9)
+
+    def stop(self) -> None:
+        self._stream.close()
+        self._thread.join(5)
+        self.seen.sort()
 
 
 def received_to_start_ms(received: list[float], starts: list[float]) -> float | None:
