@@ -181,7 +181,10 @@ class Phase:
     cpu_ms_per_task: dict[str, float] = field(default_factory=dict)
     host_cpu_busy_percent: float = 0.0
     steps_ms: dict[str, float] = field(default_factory=dict)
-    """Median wall ms per task: the node's steps (from its notices), the bare lifecycle."""
+    """Median wall ms per task: the node's steps (from its notices; `to_start`: from
+    `received` to the container's start, from the engine's events), the bare lifecycle."""
+    received_at: list[float] = field(default_factory=list)
+    """The node's `received` notices, seconds since the epoch, in order."""
     checks: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -376,6 +379,8 @@ async def run_node(run: Run, concurrency: int, round_no: int) -> Phase:
     async with AsyncExitStack() as stack:
         stack.push_async_callback(quietly, done_queue.cancel(tag))
         started = time.perf_counter()
+        starts = ContainerStarts(run)
+        stack.callback(starts.stop)
         worker = await NodeProcess.start(env, bench.tmp / f"{phase.label}.log")
         stack.push_async_callback(worker.stop)
         profiler = await start_profiler(bench, phase.label, worker.pid)
@@ -390,6 +395,8 @@ async def run_node(run: Run, concurrency: int, round_no: int) -> Phase:
         phase.problems.append(f"the node exited {exit_code} after SIGTERM")
     phase.problems += node_log_problems(worker.log_path)
     await check_node_outcomes(run, phase, watcher, bodies)
+    if (to_start := received_to_start_ms(phase.received_at, starts.seen)) is not None:
+        phase.steps_ms["to_start"] = to_start
     await check_containers(run, phase)
     await asyncio.to_thread(shutil.rmtree, bench.ftp.root / "bench" / phase.label, True)
     return done_say(phase)
@@ -409,7 +416,11 @@ async def check_node_outcomes(
     """Every task forwarded once, a PASS notice for each, a PASS in each uploaded zip."""
     if run.bench.broker_lost is not None:
         return
-    notices, passed, phase.steps_ms = await drain_notices(run, set(watcher.seen))
+    notices, passed, stamps = await drain_notices(run, set(watcher.seen))
+    phase.steps_ms = step_medians(stamps)
+    phase.received_at = sorted(
+        events["received"].timestamp() for events in stamps.values() if "received" in events
+    )
     paths = [json.loads(body)["filePath"] for body in bodies]
     bad_zips = await asyncio.to_thread(zips_without_pass, run.bench.ftp.root, paths)
     phase.checks = {
@@ -439,8 +450,11 @@ async def check_node_outcomes(
     ]
 
 
-async def drain_notices(run: Run, task_ids: set[str]) -> tuple[int, int, dict[str, float]]:
-    """(log notices, tasks with an `execution_finished` notice saying pass, step medians)."""
+async def drain_notices(
+    run: Run, task_ids: set[str]
+) -> tuple[int, int, dict[str, dict[str, datetime]]]:
+    """(log notices, tasks with an `execution_finished` notice saying pass, each task's
+    notices' timestamps by event)."""
     channel, name = run.bench.channel, run.bench.topology.queue("logs")
     await settled_depth(channel, name, len(task_ids) * NOTICES_PER_TASK)
     queue = await channel.get_queue(name, ensure=False)
@@ -454,7 +468,45 @@ async def drain_notices(run: Run, task_ids: set[str]) -> tuple[int, int, dict[st
             passed.add(task)
         with suppress(TypeError, ValueError):
             stamps.setdefault(task, {})[event] = datetime.fromisoformat(body["timestamp"])
-    return notices, len(passed & task_ids), step_medians(stamps)
+    return notices, len(passed & task_ids), stamps
+
+
+class ContainerStarts:
+    """The engine's start events of this run's node's containers, as they happen (seconds
+    since the epoch). Followed live: the engine keeps only its last few hundred events, too
+    few to ask for a 60-task phase afterwards."""
+
+    def __init__(self, run: Run) -> None:
+        self.seen: list[float] = []
+        self._stream = run.api.events(
+            since=int(time.time()),
+            filters={
+                "type": "container",
+                "event": "start",
+                "label": f"ulos-py.node={run.prefix}-node",
+            },
+            decode=True,
+        )
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        with suppress(Exception):  # the stream ends with an error when closed
+            for event in self._stream:
+                self.seen.append(event["timeNano"] / 1e9)
+
+    def stop(self) -> None:
+        self._stream.close()
+        self._thread.join(5)
+        self.seen.sort()
+
+
+def received_to_start_ms(received: list[float], starts: list[float]) -> float | None:
+    """Median ms from a task's `received` notice to its container's start. The engine's
+    events do not name the task, so the k-th task received is paired with the k-th
+    container started: exact at concurrency 1, the order of arrival at higher ones."""
+    spans = [(start - got) * 1000 for got, start in zip(received, starts, strict=False)]
+    return round(statistics.median(spans), 1) if spans else None
 
 
 def step_medians(stamps: dict[str, dict[str, datetime]]) -> dict[str, float]:

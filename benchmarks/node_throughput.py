@@ -57,6 +57,7 @@ from bench_fixtures import (
     settled_depth,
 )
 from proc_probes import CpuSnapshot, broker_pids, rss_mib
+from syscall_trace import read_counts, start_tracer, stop_tracer
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY = REPO / "executors" / "registry.toml"
@@ -292,6 +293,8 @@ class PhaseResult:
     crash_notices: int = 0
     left_in_input: int = 0
     log_warnings: int = 0
+    writes_per_task: dict[str, Any] | None = None
+    """With --strace: socket writes and FTP commands per task (see syscall_trace.py)."""
     error: str | None = None
 
     def fill_timing(self, watcher: DoneWatcher, started: float) -> None:
@@ -426,6 +429,8 @@ async def run_phase(bench: Bench, spec: WorkerSpec, round_no: int) -> PhaseResul
         worker = await spec.start()
         stack.push_async_callback(worker.stop)
         profiler = await start_profiler(bench, spec.label, worker.pid)
+        trace = bench.args.strace / f"{spec.label}.strace" if bench.args.strace else None
+        tracer = await start_tracer(worker.pid, trace) if trace else None
         try:
             await wait_for_done(bench, watcher, worker, spec.label)
         except RuntimeError as exc:
@@ -435,6 +440,10 @@ async def run_phase(bench: Bench, spec: WorkerSpec, round_no: int) -> PhaseResul
         result.rss_mib_end = rss_mib(worker.pid)
         result.exit_code = await worker.stop()
         await stop_profiler(profiler)
+        if tracer is not None and trace is not None:
+            await stop_tracer(tracer)
+            counts = read_counts(trace, bench.broker.port, bench.ftp.port)
+            result.writes_per_task = counts.per_task()
     if bench.broker_lost is None:
         await count_outcomes(bench, result)
     if isinstance(worker, NodeProcess):
@@ -655,8 +664,26 @@ def render_table(report: dict[str, Any]) -> str:
         tenths = " ".join(f"{rate:.0f}" for rate in p["tasks_per_s_by_tenth"])
         lines.append(f"  {p['label']:<12} {tenths}")
     lines.append("")
+    lines += _write_counts(report["phases"])
     lines += _verdicts(report)
     return "\n".join(lines)
+
+
+def _write_counts(phases: list[dict[str, Any]]) -> list[str]:
+    """Per task, with --strace: what a task costs in socket writes and FTP round trips."""
+    traced = [p for p in phases if p.get("writes_per_task")]
+    if not traced:
+        return []
+    lines = ["writes per task (strace; tasks = RETR commands traced):"]
+    for p in traced:
+        w = p["writes_per_task"]
+        verbs = " ".join(f"{verb} {n:g}" for verb, n in w["ftp_by_verb"].items())
+        lines.append(
+            f"  {p['label']:<12} AMQP {w['amqp_writes']:g}, FTP commands {w['ftp_commands']:g} "
+            f"({verbs}), FTP data {w['ftp_data_writes']:g}, other {w['other_writes']:g} "
+            f"[{w['tasks_traced']} tasks]"
+        )
+    return [*lines, ""]
 
 
 def _table_row(p: dict[str, Any]) -> str:
@@ -768,6 +795,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     parser.add_argument("--out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="record py-spy profiles here")
+    parser.add_argument(
+        "--strace",
+        type=Path,
+        metavar="DIR",
+        help="count each worker's socket writes and FTP commands per task with strace "
+        "(traces kept in DIR; it slows the worker: rates of such a run mean nothing)",
+    )
     parser.add_argument(
         "--py-spy-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph"
     )

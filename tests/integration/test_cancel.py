@@ -13,6 +13,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+import structlog
 
 from tests.support.docker_probe import probe_registry
 from tests.support.harness import (
@@ -26,8 +27,8 @@ from tests.support.harness import (
 )
 from tests.support.services import Broker, Engine, FtpServer, Names
 from ulos_py.adapters import rabbitmq
-from ulos_py.adapters.cancellations import publish_cancellation
-from ulos_py.cancellation import Cancellation
+from ulos_py.adapters.cancellations import follow_cancellations, publish_cancellation
+from ulos_py.cancellation import CancelBoard, Cancellation
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -342,3 +343,27 @@ async def test_a_starting_node_reads_the_whole_stream_before_its_first_task(
         await channel.close()
     assert crash["taskId"] == last
     assert crash["error"]["kind"] == "cancelled"
+
+
+async def test_an_empty_stream_is_read_without_a_warning(
+    names: Names, amqp: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    """A broker no cancel was ever sent to: the node's start says nothing is wrong."""
+    exchange_name, stream_name = names.queue("cancel-x"), names.queue("cancel-s")
+    channel = await amqp.channel()
+    exchange = await channel.declare_exchange(exchange_name, "fanout", auto_delete=True)
+    stream = await channel.declare_queue(
+        stream_name, durable=True, arguments={"x-queue-type": "stream"}
+    )
+    await stream.bind(exchange, "")
+    board = CancelBoard()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            stop = await follow_cancellations(amqp, exchange_name, stream_name, board)
+            await stop()
+    finally:
+        await channel.queue_delete(stream_name)
+        await channel.close()
+    assert [entry for entry in logs if entry["log_level"] == "warning"] == []
+    assert any(entry["event"] == "cancellations_known" for entry in logs)
+    assert not board.memory

@@ -42,6 +42,7 @@ async def test_connections_are_reused_across_tasks(
     settings = node_settings(names, broker, ftp_server, tmp_path, ULOS_STORAGE_CONNECTIONS=2)
     before = ftp_server.handler.logins
     types_before = ftp_server.handler.type_commands
+    commands_before = ftp_server.handler.commands.copy()
     async with running_node(settings):
         for n in range(12):
             await line.publish(task(f"t-{n}", f"/{names.prefix}/{n}.zip", tree(names)))
@@ -51,6 +52,11 @@ async def test_connections_are_reused_across_tasks(
     assert ftp_server.handler.logins - before <= 2
     # binary mode is set once per connection, not before each transfer
     assert 1 <= ftp_server.handler.type_commands - types_before <= 2
+    # per task, one round trip per command: a passive connection and RETR down, a passive
+    # connection and STOR to a temporary name, RNFR and RNTO to put it in place; nothing else
+    sent = ftp_server.handler.commands - commands_before
+    per_task = {verb: n for verb, n in sent.items() if verb not in ("USER", "PASS", "TYPE")}
+    assert per_task == {"EPSV": 24, "RETR": 12, "STOR": 12, "RNFR": 12, "RNTO": 12}
 
 
 async def test_transient_errors_are_retried(
@@ -110,3 +116,24 @@ async def test_a_wrong_password_fails_a_transfer_without_retries(
             await asyncio.wait_for(storage.download("/x.zip", tmp_path / "x.zip"), 4)
     finally:
         await storage.close()
+
+
+async def test_a_server_without_epsv_costs_one_refusal_per_connection(
+    ftp_server: FtpServer, names: Names, tmp_path: Path
+) -> None:
+    address = FtpAddress(ftp_server.host, ftp_server.port, ftp_server.username, ftp_server.password)
+    storage = FtpStorage(address, connections=1, retry=RetryPolicy(retries=0))
+    remote = f"/{names.prefix}/plain.zip"
+    ftp_server.put(remote, b"zip bytes")
+    before = ftp_server.handler.commands.copy()
+    ftp_server.handler.refuse_epsv = True
+    try:
+        for n in range(3):
+            await storage.download(remote, tmp_path / f"{n}.zip")
+            await storage.upload(tmp_path / f"{n}.zip", remote)
+    finally:
+        ftp_server.handler.refuse_epsv = False
+        await storage.close()
+    sent = ftp_server.handler.commands - before
+    assert (sent["EPSV"], sent["PASV"], sent["RETR"], sent["STOR"]) == (1, 6, 3, 3)
+    assert ftp_server.get(remote) == b"zip bytes"

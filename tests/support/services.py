@@ -8,6 +8,7 @@ import ipaddress
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,10 @@ class _TestHandler(FTPHandler):  # type: ignore[misc]
 
     logins: ClassVar[int] = 0
     type_commands: ClassVar[int] = 0
+    commands: ClassVar[Counter[str]] = Counter()
+    """Every command received, by verb: the round trips a node costs the server."""
+    refuse_epsv: ClassVar[bool] = False
+    """Answer EPSV as a server without it does (500), so clients must use PASV."""
     transient_failures: ClassVar[dict[str, int]] = {}  # file name -> RETRs still to refuse with 450
 
     def log(self, msg: str, logfun: object = None) -> None:
@@ -67,6 +72,13 @@ class _TestHandler(FTPHandler):  # type: ignore[misc]
 
     def logline(self, msg: str, logfun: object = None) -> None:
         pass
+
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        type(self).commands[cmd] += 1
+        if cmd == "EPSV" and self.refuse_epsv:
+            self.respond("500 Command not understood.")
+            return
+        super().pre_process_command(line, cmd, arg)
 
     def on_login(self, username: str) -> None:
         type(self).logins += 1

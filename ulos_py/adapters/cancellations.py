@@ -184,7 +184,8 @@ class _StreamReader:
                     break
         with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
             await self._queue.cancel(tag)
-        if not self._reached(tail):
+        empty = tail is None and self._next == "first"  # nothing shown, nothing arrived
+        if not empty and not self._reached(tail):
             log.warning("cancellations_partly_read", next_offset=self._next, last_offset=tail)
         log.info("cancellations_known", count=len(self._board.memory), next_offset=self._next)
 

@@ -22,7 +22,7 @@ import asyncio
 import os
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -131,8 +131,20 @@ class _Client(aioftp.Client):
             self._type = command
         return answer
 
-    async def get_passive_connection(self, *args: Any, **kwargs: Any) -> Any:
-        reader, writer = await super().get_passive_connection(*args, **kwargs)
+    async def get_passive_connection(
+        self, conn_type: Any = "I", commands: Sequence[str] | None = None
+    ) -> Any:
+        """aioftp tries EPSV, then PASV, before every transfer: against a server without
+        EPSV that is a refused command per transfer. The first refusal settles it for the
+        session: PASV from then on."""
+        tried = tuple(commands or self._passive_commands)
+        try:
+            reader, writer = await super().get_passive_connection(conn_type, tried[:1])
+        except aioftp.StatusCodeError as exc:
+            if len(tried) < 2 or not exc.received_codes[-1].matches("50x"):
+                raise
+            self._passive_commands = tried[1:]
+            reader, writer = await super().get_passive_connection(conn_type, tried[1:])
         self._data_writer = writer
         return reader, writer
 

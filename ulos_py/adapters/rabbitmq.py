@@ -25,17 +25,18 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from typing import cast
 
 import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
-    AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from yarl import URL
 
+from ulos_py.adapters.amqp_transport import CoalescingTransportFactory
 from ulos_py.adapters.rabbitmq_cluster import RotatingConnection
 from ulos_py.errors import BrokerUnavailable, ConfigError, ConnectionLost, PublishError
 from ulos_py.ports import Envelope
@@ -145,6 +146,8 @@ async def _connect_from(address: BrokerAddress, first: int) -> AbstractRobustCon
         client_properties={"connection_name": address.connection_name},
         reconnect_interval=2,
     )
+    # Passed on to aiormq as is (aio-pika keeps only the arguments it knows otherwise).
+    connection.kwargs["transport_factory"] = CoalescingTransportFactory()
     try:
         await connection.connect()
         return connection
@@ -256,7 +259,8 @@ class RabbitPublisher:
     ) -> None:
         self._connection = connection
         self._channel = channel
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._exchanges: set[str] = set()
+        """Exchanges seen to exist (a 404 on a publish forgets one)."""
 
     @classmethod
     async def open(cls, connection: AbstractRobustConnection) -> RabbitPublisher:
@@ -269,7 +273,7 @@ class RabbitPublisher:
             return True
         if not await exchange_exists(self._connection, name):
             return False
-        self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+        self._exchanges.add(name)
         return True
 
     async def publish(self, envelope: Envelope) -> None:
@@ -284,6 +288,27 @@ class RabbitPublisher:
         )
         await self.publish_raw(message, envelope.exchange, envelope.routing_key)
 
+    async def _send_and_confirm(
+        self, message: aio_pika.Message, exchange: str, routing_key: str
+    ) -> None:
+        """Hand the message to the connection's writer and wait for the broker's confirm.
+
+        aio-pika's `Exchange.publish` waits, holding the channel's lock, until its frames
+        are written before the next publish may queue its own, so each publish is a socket
+        write of its own. `wait=False` only queues them (in delivery-tag order, under the
+        same lock): publishes issued together, like a task's notices and its forward, leave
+        in one write, and each still waits for its own confirm (or return, or nack)."""
+        # aiormq's Channel has `wait`; its abstract type does not say so
+        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        await channel.basic_publish(
+            message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=message.properties,
+            mandatory=True,
+            wait=False,
+        )
+
     async def publish_raw(self, message: aio_pika.Message, exchange: str, routing_key: str) -> None:
         """Publish a ready message, confirmed and mandatory; PublishError otherwise."""
         where = f"exchange {exchange!r} with routing key {routing_key!r}"
@@ -297,14 +322,13 @@ class RabbitPublisher:
                 await self._channel.ready()
                 if not await self.exchange_exists(exchange):
                     raise PublishError(f"{where}: the exchange does not exist")
-                target = self._exchanges.get(exchange) or self._channel.default_exchange
-                await target.publish(message, routing_key, mandatory=True)
+                await self._send_and_confirm(message, exchange, routing_key)
         except aio_pika.exceptions.PublishError as exc:
             raise PublishError(f"{where}: unroutable, no queue is bound to it") from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise PublishError(f"{where}: the broker refused the message") from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            self._exchanges.pop(exchange, None)
+            self._exchanges.discard(exchange)
             raise PublishError(f"{where}: the exchange does not exist") from exc
         except TimeoutError as exc:
             raise PublishError(f"{where}: no confirm within {PUBLISH_TIMEOUT:g} s") from exc
