@@ -97,9 +97,10 @@ async def follow_cancellations(
     connection: AbstractRobustConnection, exchange: str, stream: str, board: CancelBoard
 ) -> Callable[[], Awaitable[None]]:
     """Feed `board` from the stream: returns once its backlog is read (so the node's first
-    task is checked against it), with the stop function; the stream is followed live until
-    then. After a lost connection it is read again from the last offset seen: what was
-    published meanwhile is not missed.
+    task is checked against it), with the stop function; the stream is followed live from
+    then on until it is called. After a lost connection it is read again from the last
+    offset seen, and the board holds new tasks until then: what was published meanwhile is
+    not missed.
 
     ConfigError names the setting when the exchange or the stream is not on the broker."""
     await _check_declared(connection, exchange, stream)
