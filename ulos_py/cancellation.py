@@ -18,9 +18,11 @@ Pure but for asyncio; `ulos_py.adapters.cancellations` feeds it from the broker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -117,7 +119,10 @@ def parse_cancellation(body: bytes) -> Cancellation | None:
     return found[0] if len(found) == 1 else None
 
 
+@functools.lru_cache(maxsize=256)
 def _moment(text: str) -> datetime | None:
+    """The moment a cancellation was made; cached, since a flood's cancels share a few
+    (every message is checked here, and its cancellation again when it is remembered)."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -186,12 +191,37 @@ class CancellationMemory:
             self._entries.popitem(last=False)
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class CancelBoard:
-    """A node's cancellations: the memory, and the scopes of the tasks running now."""
+    """A node's cancellations: the memory, and the scopes of the tasks running now.
+
+    While the node may have missed cancels (its broker connection was lost, and what was
+    published meanwhile is being read), a task waits before its stage starts, up to
+    `behind_wait` seconds: its consumer is back before the cancels are."""
 
     memory: CancellationMemory = field(default_factory=CancellationMemory)
+    behind_wait: float = 120.0
     _running: dict[str, set[CancelScope]] = field(default_factory=dict)
+    _current: asyncio.Event = field(default_factory=_set_event)
+
+    def behind(self) -> None:
+        """Cancels may have been missed: tasks wait for `caught_up`."""
+        self._current.clear()
+
+    def caught_up(self) -> None:
+        self._current.set()
+
+    async def current(self) -> None:
+        """Return once the board has heard what was missed (or after `behind_wait`)."""
+        if not self._current.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._current.wait(), self.behind_wait)
 
     def cancel(self, cancellation: Cancellation) -> None:
         """Remember it and stop the task's running stages, if any."""
@@ -231,6 +261,7 @@ class CancelScope:
         self.fired: Cancellation | None = None
 
     async def __aenter__(self) -> CancelScope:
+        await self._board.current()
         known = self._board.memory.lookup(self.task_id)
         if known is not None:
             raise known.crash()

@@ -16,6 +16,7 @@ from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
 from tests.support.services import Broker, FtpServer, Names
 from tests.support.tracker import free_port, journey_in, status_cli, tracker_env, until
+from ulos_py.cancellation import parse_cancellations
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -131,6 +132,20 @@ async def test_a_running_task_cancelled_over_http_ends_cancelled_with_who_and_wh
             assert unseen.json()["taskId"] == f"{names.prefix}/unseen"  # URL-encoded works too
             assert unseen.json()["cancelledBy"] == "tracker API"
             assert unseen.json()["reason"] == ""
+            # Many requests at once travel as fewer messages (a node pays per message), and
+            # each 202 came after its message was confirmed: all are on the exchange by now.
+            heard = await channel.declare_queue(exclusive=True)
+            await heard.bind("ulos-cancellations", "")
+            many = [f"{names.prefix}/many-{n}" for n in range(40)]
+            answers = await asyncio.gather(
+                *(client.post(f"/api/tasks/{i}/cancel", headers=auth) for i in many)
+            )
+            assert {a.status_code for a in answers} == {202}
+            messages = []
+            while (got := await heard.get(no_ack=True, fail=False)) is not None:
+                messages.append(parse_cancellations(got.body))
+            assert sorted(c.task_id for m in messages for c in m) == sorted(many)
+            assert len(messages) < len(many), len(messages)
             # A GET of `…/cancel` is still the task of that name, not the endpoint.
             assert (await client.get(cancel)).status_code == 404
         await channel.close()

@@ -25,6 +25,7 @@ from tests.support.harness import (
     stage,
     task,
 )
+from tests.support.relay import DroppingRelay
 from tests.support.services import Broker, Engine, FtpServer, Names
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.cancellations import follow_cancellations, publish_cancellation
@@ -367,3 +368,56 @@ async def test_an_empty_stream_is_read_without_a_warning(
     assert [entry for entry in logs if entry["log_level"] == "warning"] == []
     assert any(entry["event"] == "cancellations_known" for entry in logs)
     assert not board.memory
+
+
+async def consumers(line: Pipeline) -> int:
+    channel = await line.channel.get_underlay_channel()
+    result = await channel.queue_declare(line.input_queue, passive=True)
+    return int(result.consumer_count or 0)
+
+
+async def test_a_node_that_lost_the_broker_reads_on_from_where_it_stopped(
+    line: Pipeline,
+    names: Names,
+    broker: Broker,
+    ftp_server: FtpServer,
+    work_dir: Path,
+    tmp_path: Path,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    """The stream is the node's one source of cancels: one published while the node was
+    cut off is known once it is back, and a later one still stops a running task."""
+    missed, live = f"{names.prefix}-missed", f"{names.prefix}-live"
+    ftp_server.put(f"/{names.prefix}/live.zip", make_zip(SUBMISSION))
+    relay = DroppingRelay(broker)
+    settings = node_settings(
+        names,
+        broker,
+        ftp_server,
+        work_dir,
+        ULOS_EXECUTORS_FILE=slow_registry(tmp_path),
+        MESSAGE_BROKER_PORT=await relay.start(),
+    )
+    try:
+        async with running_node(settings):
+            await cancel(amqp, f"{names.prefix}-before", "heard before the loss")
+            await asyncio.sleep(0.5)
+            relay.held = True
+            relay.drop()
+            await cancel(amqp, missed, "sent while the node was cut off")
+            relay.held = False
+            deadline = time.monotonic() + 20  # the robust connection retries every 2 s
+            while await consumers(line) == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            await line.publish(task(missed, f"/{names.prefix}/missing.zip", tree(names, "skip")))
+            missed_crash = await line.next_json("crashes", timeout=20)
+            await line.publish(task(live, f"/{names.prefix}/live.zip", tree(names, "slow")))
+            await line.logs_until(live, "execution_started")
+            sent = await cancel(amqp, live, "after the reconnect")
+            live_crash = await line.next_json("crashes", timeout=STOP_WITHIN + 1)
+            stopped_after = time.monotonic() - sent
+    finally:
+        await relay.close()
+    assert (missed_crash["taskId"], missed_crash["error"]["kind"]) == (missed, "cancelled")
+    assert (live_crash["taskId"], live_crash["error"]["kind"]) == (live, "cancelled")
+    assert stopped_after < STOP_WITHIN

@@ -142,6 +142,25 @@ async def test_a_scope_refuses_a_task_already_cancelled() -> None:
             raise AssertionError("entered")
 
 
+async def test_a_board_behind_holds_a_task_until_it_caught_up_with_the_missed_cancels() -> None:
+    board = CancelBoard()
+    board.behind()  # the connection was lost: cancels may have been missed
+    entering = asyncio.create_task(board.scope("a").__aenter__())
+    await asyncio.sleep(0.05)
+    assert not entering.done()
+    board.cancel(Cancellation.now("a", "me"))  # read from the stream after the reconnect
+    board.caught_up()
+    with pytest.raises(TaskCancelled):
+        await entering
+
+
+async def test_a_board_behind_lets_a_task_go_after_its_wait() -> None:
+    board = CancelBoard(behind_wait=0.05)
+    board.behind()
+    async with board.scope("a"):
+        pass
+
+
 async def test_a_cancel_stops_the_running_block_as_task_cancelled() -> None:
     board = CancelBoard()
     entered = asyncio.Event()

@@ -2,15 +2,17 @@
 
 One fanout exchange (ULOS_CANCEL_EXCHANGE) carries every cancel; the deployment binds a
 stream queue (ULOS_CANCEL_STREAM, `x-max-age` = ULOS_CANCEL_RETENTION) to it, so a publish
-reaches the stream and every running node in one confirmed step. A node reads:
+reaches the stream, and through it every node, in one confirmed step. A node reads the
+stream and nothing else: from its first retained message when it starts (so one started
+after a cancel knows it before its first task), then live, as the broker appends to it, and
+from the last offset it saw after a lost connection. One source means each cancel costs a
+node one delivery, never two.
 
-- a private queue (exclusive, auto-deleted) bound to the exchange, for as long as it runs;
-- the stream from its first retained message (`x-stream-offset: first`) when it starts, so
-  one started after a cancel knows it before its first task (a stream consumer needs a
-  prefetch count and manual acks), and from the last offset it saw after a lost connection
-  (the private queue was gone meanwhile).
-
-Both feed one `CancelBoard`; a cancel seen twice is remembered once.
+A delivery is what a cancel costs a node (a flood of separate cancels is a flood of them), so
+they are taken at the lowest cost the client has: aiormq's consumer, without aio-pika's
+message object and second asyncio task per delivery, acknowledged ACK_EVERY at once. The
+stream's credit (STREAM_PREFETCH) keeps a flood's backlog on the broker's disk, not in the
+node's memory.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from contextlib import suppress
 
 import aiormq
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aiormq.abc import DeliveredMessage
 
 from ulos_py.adapters.rabbitmq import BROKER_LOST, exchange_exists, short_lived_channel
 from ulos_py.cancellation import (
@@ -88,42 +96,38 @@ async def publish_cancellations(
 async def follow_cancellations(
     connection: AbstractRobustConnection, exchange: str, stream: str, board: CancelBoard
 ) -> Callable[[], Awaitable[None]]:
-    """Feed `board` from the exchange, and from the stream until its backlog is read; returns
-    then (so the node's first task is checked against the backlog), with the stop function.
-
-    The private queue is bound before the stream is read, so every cancel reaches the node
-    one way or the other; once the stream is read its consumer is cancelled, so a running
-    node hears each later cancel once, not twice. After a lost connection the stream is read
-    again from the last offset seen: what was published meanwhile is not missed.
+    """Feed `board` from the stream: returns once its backlog is read (so the node's first
+    task is checked against it), with the stop function; the stream is followed live from
+    then on until it is called. After a lost connection it is read again from the last
+    offset seen, and the board holds new tasks until then: what was published meanwhile is
+    not missed.
 
     ConfigError names the setting when the exchange or the stream is not on the broker."""
     await _check_declared(connection, exchange, stream)
     channel = await connection.channel(publisher_confirms=False)
     await channel.set_qos(prefetch_count=STREAM_PREFETCH)
-
-    async def from_exchange(message: AbstractIncomingMessage) -> None:
-        _take(message.body, board)
-
-    private = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await private.bind(exchange, "")
-    private_tag = await private.consume(from_exchange, no_ack=True)
-    reader = _StreamReader(await channel.get_queue(stream, ensure=False), board)
+    reader = _StreamReader(channel, await channel.get_queue(stream, ensure=False), board)
     await reader.read()
     rereads: set[asyncio.Task[None]] = set()
 
-    def reconnected(_connection: object) -> None:
+    def reconnected(_connection: object) -> None:  # aiormq consumers are not restored
         task = asyncio.create_task(reader.read())
         rereads.add(task)
         task.add_done_callback(rereads.discard)
 
+    def lost(_connection: object, _exc: BaseException | None = None) -> None:
+        board.behind()  # until the stream is read again from where it stopped
+
+    connection.close_callbacks.add(lost)
     connection.reconnect_callbacks.add(reconnected)
 
     async def stop() -> None:
+        connection.close_callbacks.discard(lost)
         connection.reconnect_callbacks.discard(reconnected)
         for task in list(rereads):
             task.cancel()
         with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
-            await private.cancel(private_tag)
+            await reader.stop()
             await channel.close()
 
     return stop
@@ -138,41 +142,49 @@ def _take(body: bytes, board: CancelBoard) -> None:
 
 
 class _StreamReader:
-    """Reads the stream from where it last stopped (its start, the first time) up to the
-    offset that was its last when the read began, then cancels its consumer: the private
-    queue, bound before, hears everything later.
+    """Follows the stream from where it last stopped (its start, the first time); `read`
+    returns once it has passed the offset that was the stream's last when the read began.
 
     That last offset is what a consumer from the stream's last chunk (`x-stream-offset:
     last`) sees; when it sees nothing within TAIL_WAIT (an empty stream), the read ends
     after CATCH_UP_QUIET seconds without a message. A message count from the broker would
     not do: a stream does not report one."""
 
-    def __init__(self, queue: AbstractQueue, board: CancelBoard) -> None:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, board: CancelBoard) -> None:
+        self._channel = channel
         self._queue = queue
         self._board = board
         self._next: int | str = "first"
         self._arrived = asyncio.Event()
         self._unacked = 0
+        self._consumer: tuple[aiormq.abc.AbstractChannel, str] | None = None
 
-    async def _take(self, message: AbstractIncomingMessage) -> None:
+    async def _take(self, message: DeliveredMessage) -> None:
         _take(message.body, self._board)
-        offset = (message.headers or {}).get("x-stream-offset")
+        offset = (message.header.properties.headers or {}).get("x-stream-offset")
         if isinstance(offset, int):
             self._next = offset + 1
         self._arrived.set()
         self._unacked += 1
-        if self._unacked >= ACK_EVERY:  # acks only give a stream consumer credit: batch them
-            self._unacked = 0
+        if self._unacked >= ACK_EVERY and message.delivery_tag is not None:
+            self._unacked = 0  # acks only give a stream consumer credit: batch them
             with suppress(*BROKER_LOST):
-                await message.ack(multiple=True)
+                await message.channel.basic_ack(message.delivery_tag, multiple=True)
 
     async def read(self) -> None:
         try:
             tail = await self._tail()
-            tag = await self._queue.consume(self._take, arguments={"x-stream-offset": self._next})
+            underlay = await self._channel.get_underlay_channel()
+            self._unacked = 0  # a new channel: the old one's deliveries are gone with it
+            consumed = await underlay.basic_consume(
+                self._queue.name, self._take, arguments={"x-stream-offset": self._next}
+            )
         except (*BROKER_LOST, aiormq.exceptions.AMQPError) as exc:
             log.warning("cancellations_not_read", reason=str(exc))  # the next reconnect retries
+            self._board.caught_up()  # tasks are not held for a read that failed
             return
+        assert consumed.consumer_tag is not None, "the broker names every consumer"
+        self._consumer = (underlay, consumed.consumer_tag)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_MAX
         while loop.time() < deadline and not self._reached(tail):
@@ -182,12 +194,17 @@ class _StreamReader:
             except TimeoutError:
                 if tail is None:
                     break
-        with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
-            await self._queue.cancel(tag)
         empty = tail is None and self._next == "first"  # nothing shown, nothing arrived
         if not empty and not self._reached(tail):
             log.warning("cancellations_partly_read", next_offset=self._next, last_offset=tail)
         log.info("cancellations_known", count=len(self._board.memory), next_offset=self._next)
+        self._board.caught_up()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            underlay, tag = self._consumer
+            self._consumer = None
+            await underlay.basic_cancel(tag)
 
     def _reached(self, tail: int | None) -> bool:
         return tail is not None and isinstance(self._next, int) and self._next > tail

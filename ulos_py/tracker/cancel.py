@@ -2,7 +2,8 @@
 
 Off unless ULOS_TRACKER_TOKEN is set, and then it needs it as a bearer token, as submitting
 does. The tracker only publishes the cancellation, as `ulos-py cancel` does, to the
-ULOS_CANCEL_EXCHANGE every node follows; it neither knows nor needs to know whether the task
+ULOS_CANCEL_EXCHANGE every node follows (requests close together in one message: see
+`cancel_batches`); it neither knows nor needs to know whether the task
 exists or has ended (cancelling an unknown or finished task does no harm). The task turns
 `cancelled` in the tracker when a node's crash notice of kind `cancelled` comes in.
 """
@@ -17,11 +18,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ulos_py.adapters.cancellations import publish_cancellation
-from ulos_py.cancellation import TEXT_LIMIT, Cancellation
+from ulos_py.cancellation import TEXT_LIMIT
 from ulos_py.errors import PublishError
-from ulos_py.ports import Publisher
 from ulos_py.tracker.api import tracker_of
+from ulos_py.tracker.cancel_batches import CancelBatches
 from ulos_py.tracker.submit import authorize
 
 router = APIRouter()
@@ -34,8 +34,7 @@ DEFAULT_BY = "tracker API"
 class Cancelling:
     """What cancelling needs (built by the service)."""
 
-    publisher: Publisher
-    exchange: str
+    batches: CancelBatches
     token: str | None
 
 
@@ -87,9 +86,8 @@ async def cancel(
     the broker confirmed the cancellation. The task's state turns `cancelled` when the node
     that stops it reports so."""
     asked = body or CancelRequest(reason="", by=None)
-    made = Cancellation.now(task_id, asked.by or DEFAULT_BY, asked.reason)
     try:
-        await publish_cancellation(cancelling.publisher, cancelling.exchange, made)
+        made = await cancelling.batches.cancel(task_id, asked.by or DEFAULT_BY, asked.reason)
     except PublishError as exc:
         raise HTTPException(502, f"ULOS_CANCEL_EXCHANGE: cancel not sent: {exc}") from exc
     quoted = urllib.parse.quote(task_id, safe="")

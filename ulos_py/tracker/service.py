@@ -22,6 +22,7 @@ from ulos_py.errors import ConfigError
 from ulos_py.tracker import cancel, pages, submit
 from ulos_py.tracker.api import Tracker, create_app
 from ulos_py.tracker.cancel import Cancelling
+from ulos_py.tracker.cancel_batches import CancelBatches
 from ulos_py.tracker.events import Changes
 from ulos_py.tracker.ingest import IngestStatus, ingest
 from ulos_py.tracker.settings import TrackerSettings
@@ -98,7 +99,9 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
         tracker.extras["submission"] = Submission(
             publisher, storage, token, output_max_bytes=settings.output_max_bytes
         )
-        tracker.extras["cancelling"] = Cancelling(publisher, settings.cancel_exchange, token)
+        tracker.extras["cancelling"] = Cancelling(
+            CancelBatches(publisher, settings.cancel_exchange), token
+        )
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         background = [
             asyncio.create_task(
