@@ -401,7 +401,7 @@ async def main() -> int:
         published = asyncio.Event()
         watcher = asyncio.create_task(watch(journeys, ready, published))
         await ready.wait()
-        # In a thread: these wait on a CLI process per file (29 of them), and the watcher's
+        # In a thread: these wait on a CLI process per file (30 of them), and the watcher's
         # broker connection must keep answering heartbeats meanwhile.
         await asyncio.to_thread(upload_submissions, journeys)
         await asyncio.to_thread(publish_all, list(journeys))
