@@ -90,6 +90,33 @@ def test_syntax_check_refuses_an_unknown_language(
     assert "unknown cobol" in run.output
 
 
+def test_syntax_check_parses_deep_nesting_within_its_sandbox(
+    run_executor: RunExecutor, tmp_path: Path
+) -> None:
+    depth = 100_000  # tree-sitter does not recurse: no stack to overflow
+    (tmp_path / "deep.js").write_text("let x = " + "[" * depth + "]" * depth + ";\n")
+    (tmp_path / "deep.py").write_text("x = " + "(" * depth + ")" * depth + "\n")
+
+    run = run_executor("syntax-check", tmp_path)
+
+    assert run.exit_code == 0, run.output
+    assert "syntax-check: PASS - 2 file(s) checked" in run.read("results/syntax-report.txt")
+
+
+def test_syntax_check_is_stopped_by_the_memory_limit_on_a_huge_file(
+    run_executor: RunExecutor, tmp_path: Path
+) -> None:
+    line = 'const a{} = {{ b: [1, 2, 3], c: "text" }};\n'
+    with (tmp_path / "huge.js").open("w") as huge:  # 45 MB: its syntax tree needs more than 256m
+        huge.writelines(line.format(n) for n in range(1_000_000))
+
+    run = run_executor("syntax-check", tmp_path)
+
+    assert load_settings("syntax-check").settings.limits.memory == "256m"
+    assert run.exit_code == 137, run.output  # SIGKILL by the kernel: a FAIL, the node says why
+    assert not (run.task / "results" / "syntax.json").exists()
+
+
 # -- cypress-grammar: the same image, JavaScript and TypeScript only -------------------
 
 
