@@ -33,7 +33,9 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
 PAGE_LOAD_TIMEOUT = "15"  # seconds (PAGE_LOAD_TIMEOUT); a page whose script never ends fails
 # Chromium's console line for a request that failed: "<url> - Failed to load resource: net::ERR_..."
-FAILED_REQUEST = re.compile(r"^(?P<url>\S+) - Failed to load resource: (?P<error>net::\w+)")
+FAILED_REQUEST = re.compile(
+    r"^(?P<url>(?:https?|wss?)://\S+) - Failed to load resource: (?P<error>net::\w+)"
+)
 OUTSIDE_REQUEST = "outside_request"  # the JUnit property naming a request that left loopback
 
 

@@ -171,6 +171,7 @@ def test_web_e2e_passes_a_working_app_with_a_screenshot_per_test(
     assert junit_failures(run.read("results/junit.xml")) == {}
     summary = run.read("results/summary.txt")
     assert summary.startswith("web-e2e: PASS - 3 of 3 browser tests passed")
+    assert "outside the container" not in summary  # the app's own requests are not listed
     shots = sorted((run.task / "results" / "screenshots").glob("*.png"))
     assert [shot.stem for shot in shots] == sorted(TODO_TESTS)
     assert all(shot.read_bytes().startswith(PNG) for shot in shots)
