@@ -3,6 +3,10 @@ screenshot of every test.
 
 It lives apart from the instructor's browser tests so that the tests folder holds only
 tests: any pytest test that asks for `browser` and `app_url` runs against the submission.
+
+The sandbox has no network, so a page that asks for anything outside the container gets
+an error; each such request is kept as the test's `outside_request` property (in the JUnit
+report), so the summary can say why a page that needs the outside did not work.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import suppress
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,11 @@ RESULTS_ENV = "WEB_E2E_RESULTS_DIR"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
 PAGE_LOAD_TIMEOUT = "15"  # seconds (PAGE_LOAD_TIMEOUT); a page whose script never ends fails
+# Chromium's console line for a request that failed: "<url> - Failed to load resource: net::ERR_..."
+FAILED_REQUEST = re.compile(
+    r"^(?P<url>(?:https?|wss?)://\S+) - Failed to load resource: (?P<error>net::\w+)"
+)
+OUTSIDE_REQUEST = "outside_request"  # the JUnit property naming a request that left loopback
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -88,6 +98,7 @@ def chromium_options() -> webdriver.ChromeOptions:
         "--user-data-dir=/tmp/chromium-profile",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # failed requests, below
     return options
 
 
@@ -121,9 +132,25 @@ def screenshot_name(nodeid: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", test).strip("_")[:120] + ".png"
 
 
+def outside_requests(driver: webdriver.Chrome) -> list[str]:
+    """The requests to anywhere but the served app since the last call, as `url (error)`.
+
+    The browser's log is read (and emptied) here; a crashed tab has none to give."""
+    entries: list[dict[str, Any]] = []
+    with suppress(WebDriverException):
+        entries = driver.get_log("browser")
+    found = []
+    for entry in entries:
+        failed = FAILED_REQUEST.match(str(entry.get("message", "")))
+        if failed and not failed["url"].startswith("http://127.0.0.1:"):
+            found.append(f"{failed['url']} ({failed['error']})")
+    return list(dict.fromkeys(found))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """After each test's call (or a failed setup), keep what the browser showed."""
+    """After each test's call (or a failed setup), keep what the browser showed, and the
+    requests it tried to make outside the container."""
     outcome = yield
     report = outcome.get_result()
     driver = getattr(item, "funcargs", {}).get("browser")
@@ -131,6 +158,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     results = os.environ.get(RESULTS_ENV)
     if driver is None or not shot_now or not results:
         return
+    for request in outside_requests(driver):  # in the JUnit report with the test's teardown
+        item.user_properties.append((OUTSIDE_REQUEST, request))
     folder = Path(results) / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     try:

@@ -29,6 +29,13 @@ REASON_WIDTH = 160
 PHASE_WRAPPER = re.compile(
     r'^failed on (?P<phase>setup|teardown) with "(?:Failed: )?(?P<why>.*?)"?$'
 )
+OUTSIDE_REQUEST = "outside_request"  # browser_plugin's JUnit property
+# chromedriver's words when the page's renderer process died, and what they mean here
+TAB_CRASHED = "tab crashed"
+CRASH_MEANING = (
+    "the page's browser tab crashed: it used more memory, processes or threads than the "
+    "sandbox allows"
+)
 
 
 @dataclass
@@ -38,6 +45,7 @@ class Outcome:
     returncode: int
     tests: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # test, kind, why
+    outside_requests: list[str] = field(default_factory=list)  # "url (net::ERR_...)"
     report_found: bool = False
 
     @property
@@ -51,6 +59,8 @@ def short(text: str | None) -> str:
     if wrapped := PHASE_WRAPPER.match(first):  # 'failed on setup with "why"' -> 'why'
         first = wrapped["why"]
     first = first.removeprefix("Failed: ")
+    if TAB_CRASHED in first:
+        first = f"{CRASH_MEANING} (chromedriver: {TAB_CRASHED})"
     return first if len(first) <= REASON_WIDTH else first[: REASON_WIDTH - 3] + "..."
 
 
@@ -71,6 +81,10 @@ def read_junit(junit: Path, outcome: Outcome) -> None:
             outcome.failures.append(
                 (name, kinds[first.tag], short(first.get("message") or first.text))
             )
+    for prop in root.iter("property"):
+        request = prop.get("value", "")
+        if prop.get("name") == OUTSIDE_REQUEST and request not in outcome.outside_requests:
+            outcome.outside_requests.append(request)
 
 
 def render_summary(outcome: Outcome) -> str:
@@ -88,6 +102,9 @@ def render_summary(outcome: Outcome) -> str:
     if outcome.failures:
         lines += ["", "Tests not passed:"]
         lines += [f"  - {test} [{kind}]: {why}" for test, kind, why in outcome.failures]
+    if outcome.outside_requests:
+        lines += ["", "The page asked for these outside the container; the sandbox has no network:"]
+        lines += [f"  - {request}" for request in outcome.outside_requests]
     return "\n".join(lines) + "\n"
 
 
