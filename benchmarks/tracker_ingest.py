@@ -239,40 +239,61 @@ async def reads(args: argparse.Namespace, url: str, log: Path) -> dict[str, Any]
 async def _probe(
     args: argparse.Namespace, url: str, queue: str, log: Path, filled: float
 ) -> dict[str, Any]:
+    """Each kind of request `--probes` times in a row, after a warm-up: wall ms of each, and
+    the CPU the tracker process (and PostgreSQL's server processes) spent per request."""
     process, base = await start_tracker(args, url, queue, log)
-    count = args.tasks
-    probes: dict[str, Any] = {
-        "journey": lambda: f"/api/tasks/r-{random.randrange(count):07}",
-        "list owner+state": lambda: "/api/tasks?owner=o{}&state={}".format(
-            random.randrange(tracker_bulk.OWNERS), random.choice(["passed", "failed", "stuck"])
-        ),
-        "list state": lambda: f"/api/tasks?state={random.choice(['passed', 'failed', 'stuck'])}",
-        "list stage": lambda: f"/api/tasks?stage=s{random.randrange(tracker_bulk.STAGES)}",
-    }
-    timings: dict[str, list[float]] = {name: [] for name in [*probes, "list next page"]}
+    count, states = args.tasks, ["passed", "failed", "stuck"]
+    owners, stages = tracker_bulk.OWNERS, tracker_bulk.STAGES
+    result: dict[str, Any] = {"fill_seconds": round(filled, 1), "p95_ms": {}, "p50_ms": {}}
+    result["cpu_ms_per_request"] = {}
     try:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            await client.get("/api/counts")
-            for _ in range(10):  # warm the pool and the caches
-                for probe in probes.values():
-                    await client.get(probe())
-            for _ in range(args.probes):
-                for name, probe in probes.items():
-                    path = probe()
-                    took, answer = await _timed(client, path)
-                    timings[name].append(took)
-                    if name == "list state" and answer.get("next"):
-                        page = f"{path}&cursor={answer['next']}"
-                        timings["list next page"].append((await _timed(client, page))[0])
-            counted = (await client.get("/api/counts")).json()
+            result["stored"] = (await client.get("/api/counts")).json()
+            pages = []
+            for state in states:
+                first = (await client.get("/api/tasks", params={"state": state})).json()
+                pages.append(f"/api/tasks?state={state}&cursor={first['next']}")
+            probes: dict[str, Any] = {
+                "journey": lambda: f"/api/tasks/r-{random.randrange(count):07}",
+                "list owner+state": lambda: (
+                    f"/api/tasks?owner=o{random.randrange(owners)}&state={random.choice(states)}"
+                ),
+                "list state": lambda: f"/api/tasks?state={random.choice(states)}",
+                "list stage": lambda: f"/api/tasks?stage=s{random.randrange(stages)}",
+                "list page 2": lambda: random.choice(pages),
+            }
+            for name, probe in probes.items():
+                for _ in range(10):
+                    await _timed(client, probe())
+                timings = []
+                cpu_before = _cpu(process.pid, url)
+                for _ in range(args.probes):
+                    timings.append((await _timed(client, probe()))[0])
+                cpu = (_cpu(process.pid, url) - cpu_before) * 1000 / args.probes
+                result["p95_ms"][name] = round(statistics.quantiles(timings, n=20)[18], 1)
+                result["p50_ms"][name] = round(statistics.median(timings), 1)
+                result["cpu_ms_per_request"][name] = round(cpu, 2)
     finally:
         await stop(process)
-    return {
-        "fill_seconds": round(filled, 1),
-        "stored": counted,
-        "p95_ms": {k: round(statistics.quantiles(v, n=20)[18], 1) for k, v in timings.items()},
-        "p50_ms": {k: round(statistics.median(v), 1) for k, v in timings.items()},
-    }
+    return result
+
+
+def _cpu(pid: int, url: str) -> float:
+    """CPU seconds of the tracker process, plus its PostgreSQL server's if it uses one."""
+    total = cpu_seconds(pid)
+    if url.startswith("postgresql"):
+        total += sum(cpu_seconds(p) for p in _postgres_pids())
+    return total
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+    return pids
 
 
 async def _timed(client: httpx.AsyncClient, path: str) -> tuple[float, dict[str, Any]]:
@@ -431,7 +452,8 @@ def render(report: dict[str, Any]) -> str:
             out.append(
                 f"{db['database']:<11} reads at {r['stored']}: fill {r['fill_seconds']} s; "
                 + "; ".join(
-                    f"{k} p50 {r['p50_ms'][k]} / p95 {r['p95_ms'][k]} ms" for k in r["p95_ms"]
+                    f"{k} p50 {r['p50_ms'][k]} / p95 {v} ms, CPU {r['cpu_ms_per_request'][k]} ms"
+                    for k, v in r["p95_ms"].items()
                 )
             )
     return "\n".join([*out, *report["verdicts"]])

@@ -97,7 +97,9 @@ class Store:
     @classmethod
     async def open(cls, url: str, stuck_after: timedelta = timedelta(minutes=10)) -> Store:
         """Connect and bring the schema up to date (Alembic, in one transaction)."""
-        engine = create_async_engine(async_url(url), pool_pre_ping=True)
+        driver_url = async_url(url)
+        # A file has no server that could drop a pooled connection: no ping on each checkout.
+        engine = create_async_engine(driver_url, pool_pre_ping=driver_url.startswith("postgres"))
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         try:
@@ -136,19 +138,24 @@ class Store:
             if odd:
                 await conn.execute(self._insert_new(unreadable, "key"), odd)
             touched = sorted({n.task_id for _, n in found if n.task_id is not None})
-            return await self._derive(conn, touched) if touched else []
+            return await self._derive(conn, touched, dict(found)) if touched else []
 
     def _insert_new(self, table: Any, key: str) -> Any:
         """An INSERT that skips rows whose key is already stored (a redelivered notice)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
 
-    async def _derive(self, conn: AsyncConnection, task_ids: list[str]) -> list[Journey]:
-        """Fold each task's notices again and replace its task row and visits."""
+    async def _derive(
+        self, conn: AsyncConnection, task_ids: list[str], known: dict[str, Notice]
+    ) -> list[Journey]:
+        """Fold each task's notices again and replace its task row and visits (the notices
+        of this batch, `known` by key, are not parsed twice)."""
         bodies: dict[str, list[Notice]] = defaultdict(list)
-        query = select(notices.c.task_id, notices.c.body).where(notices.c.task_id.in_(task_ids))
-        for task_id, body in await conn.execute(query):
-            bodies[task_id].append(Notice.stored(body))
+        query = select(notices.c.task_id, notices.c.key, notices.c.body).where(
+            notices.c.task_id.in_(task_ids)
+        )
+        for task_id, key, body in await conn.execute(query):
+            bodies[task_id].append(known.get(key) or Notice.stored(body))
         journeys = [journey(task_id, bodies[task_id]) for task_id in task_ids]
         await conn.execute(delete(tasks).where(tasks.c.task_id.in_(task_ids)))
         await conn.execute(delete(visits).where(visits.c.task_id.in_(task_ids)))
