@@ -33,7 +33,8 @@ def task_notices(n: int, count: int, now: datetime) -> list[Notice]:
     start = now - SPREAD * ((n * 7919 % count) / count)
     ending = ENDINGS[n % len(ENDINGS)]
     routing: dict[str, Any] = {"exchange": "lab", "routingKey": key}
-    nxt = {"exchange": "lab", "routingKey": f"s{(n + 1) % STAGES}", "successRoutingDecision": {}}
+    later = {"exchange": "lab", "routingKey": "report"}  # so the next stage is not the end
+    nxt = {"exchange": "lab", "routingKey": f"s{(n + 1) % STAGES}", "successRoutingDecision": later}
     if ending == "forward":
         routing["successRoutingDecision"] = nxt
     events = ["received", "downloaded", "execution_started", "execution_finished", "uploaded"]

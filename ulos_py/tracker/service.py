@@ -58,11 +58,13 @@ def _listen(settings: TrackerSettings) -> socket.socket:
 
 
 async def _purge(store: Store, settings: TrackerSettings) -> None:
-    """Apply the retention now and every PURGE_EVERY seconds; a database that fails this
-    time is tried again next time (the ingest reports the outage)."""
+    """Apply the retention now and every PURGE_EVERY seconds, and refresh the planner's
+    statistics; a database that fails this time is tried again next time (the ingest
+    reports the outage)."""
     while True:
         try:
             forgotten = await store.purge(settings.retention)
+            await store.analyze()
         except (SQLAlchemyError, OSError) as exc:
             log.warning("tracker_retention_failed", reason=str(exc).splitlines()[0])
         else:

