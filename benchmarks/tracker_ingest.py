@@ -259,6 +259,7 @@ async def _probe(
                     f"/api/tasks?owner=o{random.randrange(owners)}&state={random.choice(states)}"
                 ),
                 "list state": lambda: f"/api/tasks?state={random.choice(states)}",
+                "list waiting": lambda: "/api/tasks?state=waiting",
                 "list stage": lambda: f"/api/tasks?stage=s{random.randrange(stages)}",
                 "list page 2": lambda: random.choice(pages),
             }
@@ -483,7 +484,7 @@ def main() -> int:
     report = asyncio.run(run(args))
     print(render(report), flush=True)
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
 
 
