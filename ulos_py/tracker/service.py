@@ -45,8 +45,11 @@ class _Server(uvicorn.Server):
 def _listen(settings: TrackerSettings) -> socket.socket:
     try:
         infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        # With its protocol (TCP) named: asyncio turns Nagle off only on such sockets, and
+        # with Nagle on, each answer on a kept-alive connection waited ~40 ms for the
+        # client's delayed ACK between its header and body writes.
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
