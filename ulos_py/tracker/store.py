@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ulos_py.errors import ConfigError
-from ulos_py.journey import Journey, Notice, State, journey
+from ulos_py.journey import Crashed, Journey, Notice, State, journey
 from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 
 DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
@@ -242,7 +242,7 @@ def _unreadable_row(message: Message, now: datetime) -> dict[str, Any]:
 
 def _visit_rows(view: Journey) -> Iterable[dict[str, Any]]:
     for seq, visit in enumerate(view.visits):
-        crash = visit.as_dict()["crash"]
+        crash = visit.end if isinstance(visit.end, Crashed) else None
         last = visit.steps[-1][1] if visit.steps else None
         started = visit.started
         yield {
@@ -255,7 +255,7 @@ def _visit_rows(view: Journey) -> Iterable[dict[str, Any]]:
             "started_at": started,
             "last_at": last,
             "outcome": visit.outcome,
-            "crash_kind": crash["kind"] if crash else None,
+            "crash_kind": crash.kind if crash else None,
             "seconds": (last - started).total_seconds() if last and started else None,
             "durations": json.dumps(visit.durations()),
         }
