@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, case, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, Text, and_, case, func, literal, or_, select, tuple_
 
 from ulos_py.errors import UlosError
 from ulos_py.journey import CANCELLED_KIND, OPEN_STATES, Cancelled, State, cancel_fields
@@ -119,6 +119,14 @@ def _after(cursor: str) -> ColumnElement[bool]:
     return newest < tuple_(literal(updated, UtcDateTime()), literal(str(task_id), Text()))
 
 
+def list_query(filters: TaskFilter, now: datetime, cursor: str | None = None) -> Select[Any]:
+    """The list's query, newest change first (each filter has an index in that order)."""
+    where = _where(filters, now)
+    if cursor is not None:
+        where.append(_after(cursor))
+    return select(tasks).where(*where).order_by(tasks.c.updated_at.desc(), tasks.c.task_id.desc())
+
+
 async def task_list(
     store: Store,
     filters: TaskFilter,
@@ -128,12 +136,8 @@ async def task_list(
 ) -> Page:
     """Tasks newest change first, `limit` at a time; `next` continues after the last."""
     now = now or datetime.now(UTC)
-    where = _where(filters, now)
-    if cursor is not None:
-        where.append(_after(cursor))
-    query = select(tasks).where(*where).order_by(tasks.c.updated_at.desc(), tasks.c.task_id.desc())
     async with store.engine.connect() as conn:
-        rows = list(await conn.execute(query.limit(limit + 1)))
+        rows = list(await conn.execute(list_query(filters, now, cursor).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return Page([_summary(row, now) for row in rows], _cursor(rows[-1]) if more else None)
