@@ -152,12 +152,12 @@ class Notice:
         value = self.body.get("taskId")
         return value if isinstance(value, str) and value else None
 
-    @property
+    @cached_property
     def event(self) -> str:
         value = self.body.get("event")
         return value if isinstance(value, str) else "?"
 
-    @property
+    @cached_property
     def stage(self) -> StageKey | None:
         return StageKey.of(self.body.get("stage"))
 
@@ -191,7 +191,7 @@ class Notice:
             cancelled,
         )
 
-    @property
+    @cached_property
     def timestamp(self) -> datetime | None:
         value = self.body.get("timestamp")
         if not isinstance(value, str):
@@ -338,7 +338,7 @@ class Journey:
             return State.WAITING if last.requeued else State.CRASHED
         return State.RUNNING
 
-    @property
+    @cached_property
     def stage(self) -> StageKey | None:
         """Where the task is: the stage it waits at or runs in, ended at, or went to."""
         last = self.last
@@ -380,7 +380,6 @@ def _fold(view: Journey, notice: Notice) -> Journey:
     first attempt when the stage's latest visit went on (a tree may come back to a stage).
     """
     stage, event = notice.stage, notice.event
-    view = _fields(view, notice)
     index = _latest_visit(view, stage)
     if index is None or event == Event.RECEIVED:
         attempt = 1
@@ -389,23 +388,23 @@ def _fold(view: Journey, notice: Notice) -> Journey:
             went_on = isinstance(before.end, Forwarded | Completed)
             attempt = 1 if went_on or before.settled == Event.ACKED else before.attempt + 1
         visit = StageVisit(stage, event, attempt, notice.node_id)
-        return _put(view, len(view.visits), _changed(visit, notice))
-    return _put(view, index, _changed(view.visits[index], notice))
+        return _put(view, notice, len(view.visits), _changed(visit, notice))
+    return _put(view, notice, index, _changed(view.visits[index], notice))
 
 
-def _fields(view: Journey, notice: Notice) -> Journey:
+def _fields(view: Journey, notice: Notice) -> dict[str, Any]:
+    """The task's own fields after the notice: the latest value each notice gives."""
     body, when = notice.body, notice.timestamp
     owner, path, timeout = body.get("taskOwnerId"), body.get("filePath"), body.get("timeout")
-    return replace(
-        view,
-        owner=owner if isinstance(owner, str) else view.owner,
-        file_path=path if isinstance(path, str) else view.file_path,
-        timeout=timeout
+    return {
+        "owner": owner if isinstance(owner, str) else view.owner,
+        "file_path": path if isinstance(path, str) else view.file_path,
+        "timeout": timeout
         if isinstance(timeout, int | float) and not isinstance(timeout, bool)
         else view.timeout,
-        first_seen=view.first_seen or when,
-        updated_at=when or view.updated_at,
-    )
+        "first_seen": view.first_seen or when,
+        "updated_at": when or view.updated_at,
+    }
 
 
 def _latest_visit(view: Journey, stage: StageKey | None) -> int | None:
@@ -415,34 +414,35 @@ def _latest_visit(view: Journey, stage: StageKey | None) -> int | None:
     return None
 
 
-def _put(view: Journey, index: int, visit: StageVisit) -> Journey:
-    """The journey with the visit at `index` replaced, or appended when `index` is the end."""
-    visits = [*view.visits[:index], visit, *view.visits[index + 1 :]]
-    return replace(view, visits=tuple(visits))
+def _put(view: Journey, notice: Notice, index: int, visit: StageVisit) -> Journey:
+    """The journey with the notice's fields and the visit at `index` replaced, or appended
+    when `index` is the end (one copy of the journey per notice: the fold's hot path)."""
+    visits = (*view.visits[:index], visit, *view.visits[index + 1 :])
+    return replace(view, visits=visits, **_fields(view, notice))
 
 
 def _changed(visit: StageVisit, notice: Notice) -> StageVisit:
     """What one notice adds to its stage visit; a repeated step adds nothing new."""
     event = notice.event
-    visit = replace(visit, last_event=event, node_id=visit.node_id or notice.node_id)
+    changes: dict[str, Any] = {"last_event": event, "node_id": visit.node_id or notice.node_id}
     when = notice.timestamp
-    if when is not None and event not in dict(visit.steps):
-        visit = replace(visit, steps=(*visit.steps, (event, when)))
+    if when is not None and all(step != event for step, _ in visit.steps):
+        changes["steps"] = (*visit.steps, (event, when))
     if event == Event.EXECUTION_FINISHED:
-        return replace(visit, outcome=notice.outcome)
-    if event == Event.FORWARDED:
+        changes["outcome"] = notice.outcome
+    elif event == Event.FORWARDED:
         target = StageKey.of(notice.body.get("target"))
-        return replace(visit, end=Forwarded(target, _final(notice.body, target)))
-    if event == Event.COMPLETED:
-        return replace(visit, end=Completed())
-    if event == Event.CRASHED:
+        changes["end"] = Forwarded(target, _final(notice.body, target))
+    elif event == Event.COMPLETED:
+        changes["end"] = Completed()
+    elif event == Event.CRASHED:
         crash = notice.crash
-        return replace(visit, end=crash, requeued=visit.requeued or crash.requeued)
-    if event == Event.ACKED:
-        return replace(visit, settled=event)
-    if event == Event.REJECTED:
-        return replace(visit, settled=event, requeued=visit.requeued or notice.requeued)
-    return visit
+        changes.update(end=crash, requeued=visit.requeued or crash.requeued)
+    elif event == Event.ACKED:
+        changes["settled"] = event
+    elif event == Event.REJECTED:
+        changes.update(settled=event, requeued=visit.requeued or notice.requeued)
+    return replace(visit, **changes)
 
 
 def _final(body: dict[str, Any], target: StageKey | None) -> bool:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, Text, and_, case, func, literal, or_, select, tuple_
 
 from ulos_py.errors import UlosError
 from ulos_py.journey import CANCELLED_KIND, OPEN_STATES, Cancelled, State, cancel_fields
-from ulos_py.tracker.schema import notices, tasks, unreadable, visits
+from ulos_py.tracker.schema import UtcDateTime, notices, tasks, unreadable, visits
 from ulos_py.tracker.store import Store
 
 
@@ -108,15 +108,23 @@ def _cursor(row: Any) -> str:
 
 
 def _after(cursor: str) -> ColumnElement[bool]:
+    """Rows after the cursor's in page order, as one row-value comparison: the database
+    seeks to it in the index instead of filtering every row before it."""
     try:
         when, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         updated = datetime.fromisoformat(when)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise BadCursor(f"cursor {cursor!r} is not one this tracker gave") from exc
-    return or_(
-        tasks.c.updated_at < updated,
-        and_(tasks.c.updated_at == updated, tasks.c.task_id < str(task_id)),
-    )
+    newest = tuple_(tasks.c.updated_at, tasks.c.task_id)
+    return newest < tuple_(literal(updated, UtcDateTime()), literal(str(task_id), Text()))
+
+
+def list_query(filters: TaskFilter, now: datetime, cursor: str | None = None) -> Select[Any]:
+    """The list's query, newest change first (each filter has an index in that order)."""
+    where = _where(filters, now)
+    if cursor is not None:
+        where.append(_after(cursor))
+    return select(tasks).where(*where).order_by(tasks.c.updated_at.desc(), tasks.c.task_id.desc())
 
 
 async def task_list(
@@ -128,12 +136,8 @@ async def task_list(
 ) -> Page:
     """Tasks newest change first, `limit` at a time; `next` continues after the last."""
     now = now or datetime.now(UTC)
-    where = _where(filters, now)
-    if cursor is not None:
-        where.append(_after(cursor))
-    query = select(tasks).where(*where).order_by(tasks.c.updated_at.desc(), tasks.c.task_id.desc())
     async with store.engine.connect() as conn:
-        rows = list(await conn.execute(query.limit(limit + 1)))
+        rows = list(await conn.execute(list_query(filters, now, cursor).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return Page([_summary(row, now) for row in rows], _cursor(rows[-1]) if more else None)

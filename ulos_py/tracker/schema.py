@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -73,16 +74,27 @@ tasks = Table(
     "tasks",
     metadata,
     Column("task_id", Text, primary_key=True),
-    Column("owner", Text, nullable=True, index=True),
+    Column("owner", Text, nullable=True),
     Column("file_path", Text, nullable=True),
-    Column("state", String(16), nullable=False, index=True),
+    Column("state", String(16), nullable=False),
     Column("stage_exchange", Text, nullable=True),
-    Column("stage_key", Text, nullable=True, index=True),
+    Column("stage_key", Text, nullable=True),
     Column("first_seen", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("stuck_at", UtcDateTime, nullable=True, index=True),
     Column("visits", Text, nullable=False),
     Index("tasks_newest", "updated_at", "task_id"),
+    # The list's filters, each followed by its order: a page is one walk of an index.
+    Index("tasks_owner_newest", "owner", "updated_at", "task_id"),
+    Index("tasks_state_newest", "state", "updated_at", "task_id"),
+    Index("tasks_stage_key_newest", "stage_key", "updated_at", "task_id"),
+    Index(
+        "tasks_open_newest",
+        "updated_at",
+        "task_id",
+        sqlite_where=text("stuck_at IS NOT NULL"),
+        postgresql_where=text("stuck_at IS NOT NULL"),
+    ),
 )
 
 visits = Table(

@@ -46,8 +46,11 @@ class _Server(uvicorn.Server):
 def _listen(settings: TrackerSettings) -> socket.socket:
     try:
         infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        # With its protocol (TCP) named: asyncio turns Nagle off only on such sockets, and
+        # with Nagle on, each answer on a kept-alive connection waited ~40 ms for the
+        # client's delayed ACK between its header and body writes.
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
@@ -59,11 +62,13 @@ def _listen(settings: TrackerSettings) -> socket.socket:
 
 
 async def _purge(store: Store, settings: TrackerSettings) -> None:
-    """Apply the retention now and every PURGE_EVERY seconds; a database that fails this
-    time is tried again next time (the ingest reports the outage)."""
+    """Apply the retention now and every PURGE_EVERY seconds, and refresh the planner's
+    statistics; a database that fails this time is tried again next time (the ingest
+    reports the outage)."""
     while True:
         try:
             forgotten = await store.purge(settings.retention)
+            await store.analyze()
         except (SQLAlchemyError, OSError) as exc:
             log.warning("tracker_retention_failed", reason=str(exc).splitlines()[0])
         else:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ulos_py.errors import ConfigError
-from ulos_py.journey import Journey, Notice, State, journey
+from ulos_py.journey import Crashed, Journey, Notice, State, journey
 from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 
 DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
@@ -97,16 +97,28 @@ class Store:
     @classmethod
     async def open(cls, url: str, stuck_after: timedelta = timedelta(minutes=10)) -> Store:
         """Connect and bring the schema up to date (Alembic, in one transaction)."""
-        engine = create_async_engine(async_url(url), pool_pre_ping=True)
+        driver_url = async_url(url)
+        # A file has no server that could drop a pooled connection: no ping on each checkout.
+        engine = create_async_engine(driver_url, pool_pre_ping=driver_url.startswith("postgres"))
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        store = cls(engine, stuck_after)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_migrate)
+            await store.analyze()
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise ConfigError(f"ULOS_TRACKER_DATABASE: cannot open or migrate: {exc}") from exc
-        return cls(engine, stuck_after)
+        return store
+
+    async def analyze(self) -> None:
+        """Refresh SQLite's statistics of the tasks table (0.13 s at 100 000 tasks), so its
+        planner walks the most selective list index (an owner's, not a state's: 0.2 ms
+        instead of 300). PostgreSQL's autovacuum keeps its own statistics."""
+        if self.engine.dialect.name == "sqlite":
+            async with self.engine.begin() as conn:
+                await conn.exec_driver_sql("ANALYZE tasks")
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -136,19 +148,24 @@ class Store:
             if odd:
                 await conn.execute(self._insert_new(unreadable, "key"), odd)
             touched = sorted({n.task_id for _, n in found if n.task_id is not None})
-            return await self._derive(conn, touched) if touched else []
+            return await self._derive(conn, touched, dict(found)) if touched else []
 
     def _insert_new(self, table: Any, key: str) -> Any:
         """An INSERT that skips rows whose key is already stored (a redelivered notice)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
 
-    async def _derive(self, conn: AsyncConnection, task_ids: list[str]) -> list[Journey]:
-        """Fold each task's notices again and replace its task row and visits."""
+    async def _derive(
+        self, conn: AsyncConnection, task_ids: list[str], known: dict[str, Notice]
+    ) -> list[Journey]:
+        """Fold each task's notices again and replace its task row and visits (the notices
+        of this batch, `known` by key, are not parsed twice)."""
         bodies: dict[str, list[Notice]] = defaultdict(list)
-        query = select(notices.c.task_id, notices.c.body).where(notices.c.task_id.in_(task_ids))
-        for task_id, body in await conn.execute(query):
-            bodies[task_id].append(Notice.stored(body))
+        query = select(notices.c.task_id, notices.c.key, notices.c.body).where(
+            notices.c.task_id.in_(task_ids)
+        )
+        for task_id, key, body in await conn.execute(query):
+            bodies[task_id].append(known.get(key) or Notice.stored(body))
         journeys = [journey(task_id, bodies[task_id]) for task_id in task_ids]
         await conn.execute(delete(tasks).where(tasks.c.task_id.in_(task_ids)))
         await conn.execute(delete(visits).where(visits.c.task_id.in_(task_ids)))
@@ -225,7 +242,7 @@ def _unreadable_row(message: Message, now: datetime) -> dict[str, Any]:
 
 def _visit_rows(view: Journey) -> Iterable[dict[str, Any]]:
     for seq, visit in enumerate(view.visits):
-        crash = visit.as_dict()["crash"]
+        crash = visit.end if isinstance(visit.end, Crashed) else None
         last = visit.steps[-1][1] if visit.steps else None
         started = visit.started
         yield {
@@ -238,7 +255,7 @@ def _visit_rows(view: Journey) -> Iterable[dict[str, Any]]:
             "started_at": started,
             "last_at": last,
             "outcome": visit.outcome,
-            "crash_kind": crash["kind"] if crash else None,
+            "crash_kind": crash.kind if crash else None,
             "seconds": (last - started).total_seconds() if last and started else None,
             "durations": json.dumps(visit.durations()),
         }
