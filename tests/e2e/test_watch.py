@@ -213,7 +213,10 @@ async def test_the_view_shows_stages_passed_and_the_crash_reason_then_a_summary(
     assert "not a notice" in seen[0]
     mine = [text for text in seen if f" {task_id} " in text]
     assert mine[0].endswith("now skip (received)")
-    assert any(text.endswith("passed: skip ✓ | forwarded to crash") for text in mine)
+    # The node serves both stages: the crash stage's `received` may be published before the
+    # skip stage's `forwarded` (two of its tasks, one channel), and the view shows what it saw.
+    moved_on = ("passed: skip ✓ | forwarded to crash", "passed: skip ✓ | now crash (received)")
+    assert any(text.endswith(moved_on) for text in mine)
     assert any(text.endswith("passed: skip ✓ | now crash (execution_started)") for text in mine)
     assert "passed: skip ✓ | crashed at crash: execution: " in mine[-1]
     assert "crashed on purpose" in mine[-1]
