@@ -15,11 +15,11 @@ import pytest
 
 from tests.support.cli import StartCli
 from tests.support.ledger import REPORT
+from tests.support.ports import steady_port
 from tests.support.services import Broker, Names
 from tests.support.tracker import (
     BULK_TASKS,
     bulk_notices,
-    free_port,
     tracker_env,
     tracker_processes,
     until,
@@ -48,7 +48,7 @@ async def test_a_killed_tracker_loses_nothing_and_doubles_nothing(
     channel = await amqp.channel()
     name = names.queue("tracker")
     await channel.declare_queue(name, durable=True)
-    port = free_port()
+    port = steady_port()  # the tracker comes back on it
     env = tracker_env(names, broker, database_url, port)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -21,6 +21,7 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
 from tests.support.fault_pipeline import FaultLine
+from tests.support.ports import steady_port
 from tests.support.services import (
     FTP_PASSWORD,
     FTP_USER,
@@ -49,21 +50,14 @@ def rabbit_tool(name: str) -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @dataclass
 class PrivateBroker:
     """A RabbitMQ node of the test's own, which the test may stop and start at will."""
 
     home: Path
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    port: int = field(default_factory=free_port)
-    dist_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=steady_port)
+    dist_port: int = field(default_factory=steady_port)
 
     @property
     def node(self) -> str:
@@ -243,7 +237,7 @@ class RestartableFtp:
     """A pyftpdlib server of the test's own that can go away and come back on its port."""
 
     root: Path
-    port: int = 0
+    port: int = field(default_factory=steady_port)
     _server: ThreadedFTPServer | None = None
     _stop: Callable[[], None] | None = None
 
@@ -253,7 +247,6 @@ class RestartableFtp:
         handler = type("Handler", (_TestHandler,), {"authorizer": authorizer})
         self._server = _OwnLoopFtpServer(("127.0.0.1", self.port), handler)
         self._stop = serve_in_thread(self._server)
-        self.port = self._server.address[1]
 
     def stop(self) -> None:
         """Close the listener and every open connection: the server is gone."""

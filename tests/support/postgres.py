@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -18,14 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.ports import steady_port
+
 PG_BIN = Path(os.environ.get("ULOS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "tracker"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,7 @@ def start_postgres() -> Iterator[Postgres]:
             f"--regid={nobody.pw_gid}",
             "--clear-groups",
         ]
-    data, port = home / "data", _free_port()
+    data, port = home / "data", steady_port()
     _run_as_owner(
         [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8"]
     )

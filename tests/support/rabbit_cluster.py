@@ -20,7 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.faults import free_port, rabbit_tool
+from tests.support.faults import rabbit_tool
+from tests.support.ports import steady_port
 from tests.support.services import Broker
 
 START_SECONDS = 120.0
@@ -37,8 +38,8 @@ class Member:
     home: Path
     """The cluster's folder: its `.erlang.cookie` is every member's."""
     name: str
-    port: int = field(default_factory=free_port)
-    dist_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=steady_port)
+    dist_port: int = field(default_factory=steady_port)
 
     @property
     def node(self) -> str:

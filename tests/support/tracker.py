@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,6 @@ from tests.support.services import Broker, Names
 
 BULK_TASKS = 1000
 """Tasks of `bulk_notices`: each has 10 notices, two stages of a three-stage tree (7 + 3)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tracker_env(names: Names, broker: Broker, database_url: str, port: int) -> dict[str, str]:
