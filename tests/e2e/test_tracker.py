@@ -16,8 +16,9 @@ import pytest
 
 from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.ports import free_port, steady_port
 from tests.support.services import Broker, FtpServer, Names
-from tests.support.tracker import free_port, journey_in, status_cli, tracker_env, until
+from tests.support.tracker import journey_in, status_cli, tracker_env, until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,7 +34,7 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
     tmp_path: Path,
 ) -> None:
     ex = names.exchange
-    port = free_port()
+    port = steady_port()  # the tracker comes back on it
     env = tracker_env(names, broker, database_url, port)
     for key in ("a.zip", "b.zip", "c.zip"):
         (ftp_server.root / key).write_bytes(make_zip({"main.py": "print(1)\n"}))

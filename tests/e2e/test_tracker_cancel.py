@@ -14,8 +14,9 @@ import pytest
 
 from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
+from tests.support.ports import free_port
 from tests.support.services import Broker, FtpServer, Names
-from tests.support.tracker import free_port, journey_in, status_cli, tracker_env, until
+from tests.support.tracker import journey_in, status_cli, tracker_env, until
 from ulos_py.cancellation import parse_cancellations
 
 pytestmark = pytest.mark.timeout(180)
