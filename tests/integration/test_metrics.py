@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,8 @@ from tests.support.harness import (
     stage,
     task,
 )
+from tests.support.ports import free_port
+from tests.support.relay import DroppingRelay
 from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(90)
@@ -62,12 +62,6 @@ def submission(names: Names, ftp_server: FtpServer) -> str:
     path = f"/{names.prefix}/alice.zip"
     ftp_server.put(path, make_zip(SUBMISSION))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def branches(names: Names, key: str) -> dict[str, Any]:
@@ -321,64 +315,10 @@ async def test_a_task_returned_on_shutdown_is_a_redelivery_for_the_next_node(
     assert again("ulos_tasks_total", stage="pass", outcome="pass") == 1
 
 
-class Relay:
-    """A TCP relay to the broker that the test can hold shut: while held, connections are
-    accepted and dropped at once, so a node that lost its connection stays disconnected
-    for as long as the test wants (the robust connection retries within milliseconds)."""
-
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
-        self.held = False
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def _relay(
-        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
-    ) -> None:
-        if self.held:
-            await _shut(client_out)
-            return
-        broker_in, broker_out = await asyncio.open_connection(self._broker.host, self._broker.port)
-        pipes = [
-            asyncio.create_task(_pipe(client_in, broker_out)),
-            asyncio.create_task(_pipe(broker_in, client_out)),
-        ]
-        self._pipes.update(pipes)
-        await asyncio.gather(*pipes)
-        self._pipes.difference_update(pipes)
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-        await asyncio.gather(*self._pipes)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    try:
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    except ConnectionError:
-        pass
-    finally:
-        await _shut(sink)
-
-
-async def _shut(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with suppress(ConnectionError):
-        await writer.wait_closed()
-
-
 async def test_health_follows_the_broker_connection(
     line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, work_dir: Path
 ) -> None:
-    relay = Relay(broker)
+    relay = DroppingRelay(broker)
     port = free_port()
     settings = node_settings(
         names,

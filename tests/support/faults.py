@@ -120,11 +120,7 @@ class PrivateBroker:
 
     @property
     def answers(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+        return port_answers(self.port)
 
     def await_port(self, seconds: float = 90) -> None:
         deadline = time.monotonic() + seconds
@@ -149,10 +145,7 @@ class PrivateBroker:
         client connection first), stay down `down_seconds`, and boot it again."""
         pid = self.pid
         assert pid is not None, f"{self.node} wrote no pid file"
-        os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 60):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 10)
+        terminate(pid, 60)
         time.sleep(down_seconds)
         self.launch()
 
@@ -174,7 +167,7 @@ class PrivateBroker:
         if self.answers:
             return
         pid = self.pid
-        if pid is not None and _running(pid):
+        if pid is not None and pid_alive(pid):
             self.start_app()
         else:
             self.launch()
@@ -196,15 +189,20 @@ class PrivateBroker:
     def shutdown(self) -> None:
         """Stop the node and its Erlang VM (by the pid it wrote), whatever state it is in."""
         pid = self.pid
-        if pid is None or not _running(pid):
-            return
-        os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 30):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 10)
+        if pid is not None and pid_alive(pid):
+            terminate(pid, 30)
 
 
-def _running(pid: int) -> bool:
+def port_answers(port: int) -> bool:
+    """A broker is up once its AMQP port answers: RabbitMQ opens its listener last."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -212,13 +210,22 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _wait_gone(pid: int, seconds: float) -> bool:
+def wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while _running(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
     return True
+
+
+def terminate(pid: int, seconds: float) -> None:
+    """SIGTERM (RabbitMQ's orderly stop, as `rabbitmqctl stop` without booting a CLI VM);
+    SIGKILL if the process is still there after `seconds`."""
+    os.kill(pid, signal.SIGTERM)
+    if not wait_gone(pid, seconds):
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid, 10)
 
 
 class _OwnLoopFtpServer(ThreadedFTPServer):  # type: ignore[misc]

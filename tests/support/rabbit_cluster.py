@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.faults import rabbit_tool
+from tests.support.faults import pid_alive, port_answers, rabbit_tool, terminate, wait_gone
 from tests.support.ports import steady_port
 from tests.support.services import Broker
 
@@ -141,26 +140,22 @@ class Member:
         if pid is None:
             raise ClusterError(f"{self.node} has no pid file")
         os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, 10)
+        wait_gone(pid, 10)
 
     def stop(self) -> None:
         """Stop the member gracefully: RabbitMQ takes SIGTERM as `rabbitmqctl stop` (without
         booting a CLI VM, which costs seconds on a busy machine); one that does not go is
         killed."""
         pid = self.pid
-        if pid is None or not _alive(pid):
-            return
-        os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 60):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 10)
+        if pid is not None and pid_alive(pid):
+            terminate(pid, 60)
 
     def restart(self) -> None:
         """Start a stopped or killed member again; it rejoins with the data it kept. Up once
         its AMQP port answers (the listener opens last in a RabbitMQ boot)."""
         self.launch()
         deadline = time.monotonic() + START_SECONDS
-        while not _answers(self.port):
+        while not port_answers(self.port):
             if time.monotonic() > deadline:
                 raise ClusterError(f"{self.node} did not come back: {self.log_tail()}")
             time.sleep(0.2)
@@ -229,30 +224,5 @@ class RabbitCluster:
 
     def close(self) -> None:
         for member in self.members:
-            if member.pid is not None and _alive(member.pid):
+            if member.pid is not None and pid_alive(member.pid):
                 member.stop()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
