@@ -149,7 +149,14 @@ async def _connect_from(address: BrokerAddress, first: int) -> AbstractRobustCon
     # Passed on to aiormq as is (aio-pika keeps only the arguments it knows otherwise).
     connection.kwargs["transport_factory"] = CoalescingTransportFactory()
     try:
-        await connection.connect()
+        try:
+            await connection.connect()
+        except BaseException:
+            # Closed here, not left to aio-pika's __del__, which schedules close() on
+            # whatever loop runs when it is collected ("never awaited" if none does).
+            with suppress(Exception):
+                await connection.close()
+            raise
         return connection
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise ConfigError(
