@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.journeys import T0, Node, tree
 from ulos_py.journey import Notice, State, journey
-from ulos_py.tracker import page_queries, queries
+from ulos_py.tracker import page_queries, queries, search
 from ulos_py.tracker.queries import TaskFilter
 from ulos_py.tracker.store import Incoming, Store, async_url
 
@@ -129,7 +129,8 @@ async def test_the_waiting_and_stuck_pages_split_at_the_bound(store: Store) -> N
 
 async def test_an_existing_database_is_migrated_with_its_data(database_url: str) -> None:
     """A database at the first list indexes (0002), with tasks in it, opened by this
-    tracker: migrated to the newest schema, every task kept and read the same."""
+    tracker: migrated to the newest schema, every task kept, read the same, and searched
+    through the text index built from them."""
     engine = create_async_engine(async_url(database_url))
 
     def to_0002(connection: Connection) -> None:
@@ -153,5 +154,9 @@ async def test_an_existing_database_is_migrated_with_its_data(database_url: str)
         assert await listed(store, State.PASSED, T0) == ["done"]
         task = await queries.task_journey(store, "wait", now=T0)
         assert task is not None and len(task["visits"]) == 1
+        async with store.engine.connect() as conn:  # the text index holds the old tasks
+            assert await search.narrowed(conn, "WAIT") is not None
+        found = await queries.task_list(store, TaskFilter(text="WAIT"), now=T0)
+        assert [item["taskId"] for item in found.items] == ["wait"]
     finally:
         await store.close()

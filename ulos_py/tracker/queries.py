@@ -23,7 +23,6 @@ from sqlalchemy import (
     case,
     func,
     literal,
-    or_,
     select,
     true,
     tuple_,
@@ -32,7 +31,7 @@ from sqlalchemy import (
 
 from ulos_py.errors import UlosError
 from ulos_py.journey import CANCELLED_KIND, Cancelled, State, cancel_fields
-from ulos_py.tracker import stuck
+from ulos_py.tracker import search, stuck
 from ulos_py.tracker.schema import UtcDateTime, notices, tasks, unreadable, visits
 from ulos_py.tracker.store import Store
 from ulos_py.tracker.stuck import Clock
@@ -102,9 +101,7 @@ def _where(filters: TaskFilter) -> list[ColumnElement[bool]]:
     if filters.until is not None:
         where.append(tasks.c.updated_at < filters.until)
     if filters.text:
-        needle = filters.text.lower()
-        columns = (tasks.c.task_id, tasks.c.owner, tasks.c.file_path, tasks.c.stage_key)
-        where.append(or_(*(func.lower(c).contains(needle, autoescape=True) for c in columns)))
+        where.append(search.contains(filters.text))
     return where
 
 
@@ -126,13 +123,20 @@ def _after(cursor: str) -> ColumnElement[bool]:
 
 
 def list_query(
-    filters: TaskFilter, clock: Clock, cursor: str | None = None, limit: int = 50
+    filters: TaskFilter,
+    clock: Clock,
+    cursor: str | None = None,
+    limit: int = 50,
+    narrowed: ColumnElement[bool] | None = None,
 ) -> Select[Any]:
     """One page of the list, newest change first (each filter has an index in that order).
 
     A state that depends on the clock is a few disjoint index ranges (`stuck.parts`): the
-    page is the newest `limit` of one page of each, so no part is walked past its page."""
+    page is the newest `limit` of one page of each, so no part is walked past its page.
+    `narrowed`: the few rows a text index found for the text (`search.narrowed`)."""
     where = _where(filters)
+    if narrowed is not None:
+        where.append(narrowed)
     if cursor is not None:
         where.append(_after(cursor))
     parts = stuck.parts(filters.state, clock) if filters.state is not None else [true()]
@@ -157,7 +161,9 @@ async def task_list(
     """Tasks newest change first, `limit` at a time; `next` continues after the last."""
     clock = clock_of(store, now)
     async with store.engine.connect() as conn:
-        rows = list(await conn.execute(list_query(filters, clock, cursor, limit + 1)))
+        narrowed = await search.narrowed(conn, filters.text) if filters.text else None
+        query = list_query(filters, clock, cursor, limit + 1, narrowed)
+        rows = list(await conn.execute(query))
     more = len(rows) > limit
     rows = rows[:limit]
     return Page([_summary(row, clock) for row in rows], _cursor(rows[-1]) if more else None)
