@@ -4,32 +4,21 @@ a real PostgreSQL: every list, count and journey agrees with the pure model at e
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.integration.conftest import STUCK_AFTER as AFTER
 from tests.support.journeys import T0, Node, tree
 from ulos_py.journey import Notice, State, journey
 from ulos_py.tracker import page_queries, queries, search
 from ulos_py.tracker.queries import TaskFilter
 from ulos_py.tracker.store import Incoming, Store, async_url
 
-AFTER = timedelta(minutes=5)
 US = timedelta(microseconds=1)
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(database_url, stuck_after=AFTER)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def incoming(notices: list[Notice]) -> list[Incoming]:

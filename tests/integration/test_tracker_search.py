@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
 from datetime import timedelta
-
-import pytest
 
 from tests.support.journeys import T0, Node
 from ulos_py.journey import Notice
 from ulos_py.tracker import queries, search
 from ulos_py.tracker.queries import TaskFilter
 from ulos_py.tracker.store import Incoming, Store
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(database_url, stuck_after=timedelta(minutes=5))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def task(
