@@ -4,14 +4,19 @@ case-insensitive, and the same answer through the trigram index as by walking ev
 from __future__ import annotations
 
 import json
+import logging
 import random
 from datetime import timedelta
 
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from tests.support.journeys import T0, Node
+from tests.support.postgres import PG_USER, Postgres
 from ulos_py.journey import Notice
 from ulos_py.tracker import queries, search
 from ulos_py.tracker.queries import TaskFilter
-from ulos_py.tracker.store import Incoming, Store
+from ulos_py.tracker.store import Incoming, Store, async_url
 
 
 def task(
@@ -104,3 +109,33 @@ async def test_the_index_follows_changes_and_purges(store: Store) -> None:
             await conn.exec_driver_sql(
                 "INSERT INTO tasks_text(tasks_text, rank) VALUES ('integrity-check', 1)"
             )
+
+
+async def test_without_the_right_to_create_pg_trgm_the_search_walks(
+    postgres: Postgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database user that may create tables but not extensions: the tracker starts, says
+    in one line that the search is unindexed, and finds the same tasks by walking."""
+    url = postgres.create_database()
+    role = f"plain_{url.rsplit('_', 1)[1]}"
+    admin = create_async_engine(async_url(url))
+    async with admin.begin() as conn:
+        for statement in (
+            f"CREATE ROLE {role} LOGIN",
+            f"GRANT USAGE, CREATE ON SCHEMA public TO {role}",
+        ):
+            await conn.exec_driver_sql(statement)
+    await admin.dispose()
+    plain = url.replace(f"{PG_USER}@", f"{role}@")
+    with caplog.at_level(logging.WARNING):
+        store = await Store.open(plain, stuck_after=timedelta(minutes=5))
+    try:
+        [said] = [r.getMessage() for r in caplog.records if "pg_trgm" in r.getMessage()]
+        assert "text search unindexed" in said and "\n" not in said
+        await add(store, task("Exam-50%_Final", "Alice", 0))
+        await add(store, task("exam-50x-final", "bob", 10))
+        assert not await through_index(store, "EXAM")
+        assert await found(store, "50%") == ["Exam-50%_Final"]
+        assert await found(store, "exam") == ["exam-50x-final", "Exam-50%_Final"]
+    finally:
+        await store.close()
