@@ -167,3 +167,22 @@ async def test_the_migrations_build_the_schema_the_code_describes(store: Store) 
 
     async with store.engine.connect() as conn:
         assert await conn.run_sync(differences) == []
+
+
+async def test_a_changed_stuck_after_applies_to_waiting_tasks_already_stored(
+    database_url: str,
+) -> None:
+    """SPEC §10: waiting longer than ULOS_TRACKER_STUCK_AFTER, the tracker's setting as it
+    answers, also for the tasks stored while it said something else."""
+    first = await Store.open(database_url, stuck_after=timedelta(hours=1))
+    await first.add(incoming(Node("w").stage(("a", "b", "c"))))
+    await first.close()
+    now = T0 + timedelta(minutes=2)
+    for after, state in ((timedelta(hours=1), "waiting"), (timedelta(minutes=1), "stuck")):
+        store = await Store.open(database_url, stuck_after=after)
+        try:
+            assert await where_is(store, "w", now) == {state}
+            task = await queries.task_journey(store, "w", now=now)
+            assert task is not None and task["state"] == state
+        finally:
+            await store.close()
