@@ -2,7 +2,8 @@
 
 `notices` is the record: every notice body once (its key is the hash of its canonical body,
 so a redelivered copy is stored once). `tasks` and `visits` are derived from it by the
-journey fold after every batch, and are what the queries read.
+journey fold after every batch, and are what the queries read. The text search's trigram
+index is each database's own kind of object and lives in migration 0004 alone (`search.py`).
 """
 
 from __future__ import annotations
