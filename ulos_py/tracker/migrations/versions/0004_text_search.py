@@ -36,10 +36,10 @@ def upgrade() -> None:
 
 
 def _sqlite(bind: Connection) -> None:
-    if sqlite3.sqlite_version_info < (3, 34):
-        log.warning(
-            "SQLite %s has no trigram tokenizer: text search unindexed", sqlite3.sqlite_version
-        )
+    fts5 = bind.exec_driver_sql("SELECT sqlite_compileoption_used('ENABLE_FTS5')").scalar()
+    if sqlite3.sqlite_version_info < (3, 34) or not fts5:
+        version = sqlite3.sqlite_version
+        log.warning("SQLite %s has no FTS5 trigram tokenizer: text search unindexed", version)
         return
     names = ", ".join(COLUMNS)
     new = ", ".join(f"new.{c}" for c in COLUMNS)
