@@ -102,7 +102,8 @@ async def fill(url: str, count: int, now: datetime | None = None) -> None:
                 await conn.execute(insert(tasks), task_rows)
                 await conn.execute(insert(visits), visit_rows)
         if store.engine.dialect.name == "postgresql":
-            async with store.engine.connect() as conn:
+            # committed: ANALYZE in a transaction that rolls back leaves no statistics
+            async with store.engine.begin() as conn:
                 await conn.exec_driver_sql("ANALYZE")
     finally:
         await store.close()

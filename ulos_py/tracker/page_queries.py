@@ -14,9 +14,11 @@ from sqlalchemy import String, case, func, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from ulos_py.journey import OPEN_STATES, State
+from ulos_py.journey import State
+from ulos_py.tracker import stuck
 from ulos_py.tracker.schema import notices, tasks, visits
 from ulos_py.tracker.store import Store
+from ulos_py.tracker.stuck import Clock
 
 LONGEST_VISIT = timedelta(hours=1)
 """The throughput chart reads visits that began at most this long before its window."""
@@ -44,24 +46,24 @@ async def state_counts(store: Store, now: datetime | None = None) -> dict[str, i
     """Tasks in each state right now, `stuck` counted apart from the open states it came from
     (every state is listed, zero or not, so the overview's cards do not jump about).
 
-    Two index-only reads: the states, then the stuck ones by their `stuck_at` range (a
-    GROUP BY there would make SQLite walk the state index and read every row instead)."""
-    now = now or datetime.now(UTC)
+    Index-only reads: the states, then the stuck ones of each open state by their range
+    (`stuck.py`; a GROUP BY there would make SQLite walk the state index and read every row
+    instead)."""
+    clock = Clock(now or datetime.now(UTC), store.stuck_after)
     found: dict[str, int] = {state.value: 0 for state in State}
-    stuck_by_state = [
-        func.coalesce(func.sum(case((tasks.c.state == state.value, 1), else_=0)), 0)
-        for state in OPEN_STATES
-    ]
-    query_stuck = select(*stuck_by_state).where(tasks.c.stuck_at <= now)
+    stuck_now = {
+        State.WAITING: stuck.waiting_stuck(clock),
+        State.RUNNING: stuck.running_stuck(clock),
+    }
     async with store.engine.connect() as conn:
         for state, count in await conn.execute(
             select(tasks.c.state, func.count()).group_by(tasks.c.state)
         ):
             found[str(state)] = found.get(str(state), 0) + int(count)
-        stuck = (await conn.execute(query_stuck)).one()
-    for state, count in zip(OPEN_STATES, stuck, strict=True):
-        found[state.value] -= int(count)
-        found[State.STUCK.value] += int(count)
+        for open_state, clause in stuck_now.items():
+            count = (await conn.execute(select(func.count()).where(clause))).scalar_one()
+            found[open_state.value] -= int(count)
+            found[State.STUCK.value] += int(count)
     return found
 
 

@@ -37,6 +37,8 @@ ENDED = frozenset(state.value for state in FINAL_STATES - {State.DELIVERED})
 """States whose journey page offers no cancel: nothing is left to stop (a delivered task may
 still be taken by a node)."""
 PAGE_SIZE = 50
+STUCK_SHOWN = 20
+"""The overview lists the longest stuck; the rest are a link to the stuck list away."""
 WINDOW = timedelta(hours=1)
 
 router = APIRouter(include_in_schema=False)
@@ -95,7 +97,7 @@ async def overview(request: Request, store: StoreDep) -> HTMLResponse:
         page_queries.state_counts(store, now),
         page_queries.throughput(store, 60, now),
         queries.stage_stats(store, now - WINDOW, now),
-        queries.stuck_tasks(store, now),
+        queries.stuck_tasks(store, now, limit=STUCK_SHOWN),
         page_queries.node_activity(store, WINDOW, now),
     )
     crashes: dict[str, int] = {}
@@ -109,7 +111,7 @@ async def overview(request: Request, store: StoreDep) -> HTMLResponse:
         chart=page_views.throughput_chart(series, 60),
         stats=stats,
         crashes=sorted(crashes.items(), key=lambda item: -item[1]),
-        stuck=stuck[:20],
+        stuck=stuck,
         nodes=nodes,
     )
 

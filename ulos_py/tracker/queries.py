@@ -1,8 +1,8 @@
 """What the tracker answers, read from the derived tables: one place for every query, so the
 HTTP layer only parses and formats (and the queries are tested alone, on both databases).
 
-`stuck` is the one state that depends on the clock: a row keeps its state without the clock
-and the time it becomes stuck (`stuck_at`), and every query compares that with `now`.
+`stuck` is the one state that depends on the clock: a row keeps its state without the clock,
+and every query decides `stuck` with `stuck.py` at the moment it answers for.
 """
 
 from __future__ import annotations
@@ -16,12 +16,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Text, and_, case, func, literal, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    case,
+    func,
+    literal,
+    select,
+    true,
+    tuple_,
+    union_all,
+)
 
 from ulos_py.errors import UlosError
-from ulos_py.journey import CANCELLED_KIND, OPEN_STATES, Cancelled, State, cancel_fields
+from ulos_py.journey import CANCELLED_KIND, Cancelled, State, cancel_fields
+from ulos_py.tracker import search, stuck
 from ulos_py.tracker.schema import UtcDateTime, notices, tasks, unreadable, visits
 from ulos_py.tracker.store import Store
+from ulos_py.tracker.stuck import Clock
+
+SUMMARY = [column for column in tasks.c if column.name != "visits"]
+"""A task row but its visits (a list needs no journey)."""
 
 
 class BadCursor(UlosError):
@@ -46,18 +62,17 @@ class Page:
     next: str | None
 
 
-def _state_of(row: Any, now: datetime) -> str:
-    stuck_at = row.stuck_at
-    return State.STUCK.value if stuck_at is not None and stuck_at <= now else str(row.state)
-
-
 def _rfc3339(when: datetime | None) -> str | None:
     if when is None:
         return None
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _summary(row: Any, now: datetime) -> dict[str, Any]:
+def clock_of(store: Store, now: datetime | None = None) -> Clock:
+    return Clock(now or datetime.now(UTC), store.stuck_after)
+
+
+def _summary(row: Any, clock: Clock) -> dict[str, Any]:
     stage = (
         {"exchange": row.stage_exchange, "routingKey": row.stage_key}
         if row.stage_key is not None
@@ -67,28 +82,18 @@ def _summary(row: Any, now: datetime) -> dict[str, Any]:
         "taskId": row.task_id,
         "taskOwnerId": row.owner,
         "filePath": row.file_path,
-        "state": _state_of(row, now),
+        "state": stuck.state_of(row, clock),
         "stage": stage,
         "firstSeen": _rfc3339(row.first_seen),
         "updatedAt": _rfc3339(row.updated_at),
     }
 
 
-def _state_clause(state: State, now: datetime) -> ColumnElement[bool]:
-    if state == State.STUCK:
-        return tasks.c.stuck_at <= now
-    clause = tasks.c.state == state.value
-    if state in OPEN_STATES:
-        return and_(clause, or_(tasks.c.stuck_at.is_(None), tasks.c.stuck_at > now))
-    return clause
-
-
-def _where(filters: TaskFilter, now: datetime) -> list[ColumnElement[bool]]:
+def _where(filters: TaskFilter) -> list[ColumnElement[bool]]:
+    """Every filter but the state (see `list_query`)."""
     where: list[ColumnElement[bool]] = []
     if filters.owner is not None:
         where.append(tasks.c.owner == filters.owner)
-    if filters.state is not None:
-        where.append(_state_clause(filters.state, now))
     if filters.stage is not None:
         where.append(tasks.c.stage_key == filters.stage)
     if filters.since is not None:
@@ -96,9 +101,7 @@ def _where(filters: TaskFilter, now: datetime) -> list[ColumnElement[bool]]:
     if filters.until is not None:
         where.append(tasks.c.updated_at < filters.until)
     if filters.text:
-        needle = filters.text.lower()
-        columns = (tasks.c.task_id, tasks.c.owner, tasks.c.file_path, tasks.c.stage_key)
-        where.append(or_(*(func.lower(c).contains(needle, autoescape=True) for c in columns)))
+        where.append(search.contains(filters.text))
     return where
 
 
@@ -119,12 +122,33 @@ def _after(cursor: str) -> ColumnElement[bool]:
     return newest < tuple_(literal(updated, UtcDateTime()), literal(str(task_id), Text()))
 
 
-def list_query(filters: TaskFilter, now: datetime, cursor: str | None = None) -> Select[Any]:
-    """The list's query, newest change first (each filter has an index in that order)."""
-    where = _where(filters, now)
+def list_query(
+    filters: TaskFilter,
+    clock: Clock,
+    cursor: str | None = None,
+    limit: int = 50,
+    narrowed: ColumnElement[bool] | None = None,
+) -> Select[Any]:
+    """One page of the list, newest change first (each filter has an index in that order).
+
+    A state that depends on the clock is a few disjoint index ranges (`stuck.parts`): the
+    page is the newest `limit` of one page of each, so no part is walked past its page.
+    `narrowed`: the few rows a text index found for the text (`search.narrowed`)."""
+    where = _where(filters)
+    if narrowed is not None:
+        where.append(narrowed)
     if cursor is not None:
         where.append(_after(cursor))
-    return select(tasks).where(*where).order_by(tasks.c.updated_at.desc(), tasks.c.task_id.desc())
+    parts = stuck.parts(filters.state, clock) if filters.state is not None else [true()]
+    pages = [_newest(select(*SUMMARY).where(*where, part)).limit(limit) for part in parts]
+    if len(pages) == 1:
+        return pages[0]
+    merged = union_all(*(select(page.subquery()) for page in pages)).subquery()
+    return select(merged).order_by(merged.c.updated_at.desc(), merged.c.task_id.desc()).limit(limit)
+
+
+def _newest(query: Select[Any]) -> Select[Any]:
+    return query.order_by(tasks.c.updated_at.desc(), tasks.c.task_id.desc())
 
 
 async def task_list(
@@ -135,25 +159,27 @@ async def task_list(
     now: datetime | None = None,
 ) -> Page:
     """Tasks newest change first, `limit` at a time; `next` continues after the last."""
-    now = now or datetime.now(UTC)
+    clock = clock_of(store, now)
     async with store.engine.connect() as conn:
-        rows = list(await conn.execute(list_query(filters, now, cursor).limit(limit + 1)))
+        narrowed = await search.narrowed(conn, filters.text) if filters.text else None
+        query = list_query(filters, clock, cursor, limit + 1, narrowed)
+        rows = list(await conn.execute(query))
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page([_summary(row, now) for row in rows], _cursor(rows[-1]) if more else None)
+    return Page([_summary(row, clock) for row in rows], _cursor(rows[-1]) if more else None)
 
 
 async def task_journey(
     store: Store, task_id: str, now: datetime | None = None
 ) -> dict[str, Any] | None:
     """One task's fields, state and visits (SPEC §10); None for an unknown task."""
-    now = now or datetime.now(UTC)
+    clock = clock_of(store, now)
     async with store.engine.connect() as conn:
         row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
     if row is None:
         return None
     visits = json.loads(row.visits)
-    return {**_summary(row, now), **_cancelled(visits), "visits": visits}
+    return {**_summary(row, clock), **_cancelled(visits), "visits": visits}
 
 
 def _cancelled(visits: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -229,22 +255,30 @@ async def node_list(store: Store) -> list[dict[str, Any]]:
     ]
 
 
-async def stuck_tasks(store: Store, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Tasks stuck now, the longest stuck first."""
-    now = now or datetime.now(UTC)
-    query = select(tasks).where(tasks.c.stuck_at <= now).order_by(tasks.c.stuck_at)
+async def stuck_tasks(
+    store: Store, now: datetime | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Tasks stuck now, the longest stuck first: the oldest waiting ones and the running ones
+    stuck longest, each an index range in that order, merged."""
+    clock = clock_of(store, now)
+    waiting = select(*SUMMARY).where(stuck.waiting_stuck(clock)).order_by(tasks.c.updated_at)
+    running = select(*SUMMARY).where(stuck.running_stuck(clock)).order_by(tasks.c.stuck_at)
     async with store.engine.connect() as conn:
-        rows = list(await conn.execute(query.limit(1000)))
-    return [{**_summary(row, now), "stuckSince": _rfc3339(row.stuck_at)} for row in rows]
+        rows = [row for q in (waiting, running) for row in await conn.execute(q.limit(limit))]
+    since = {row.task_id: stuck.stuck_since(row, clock.stuck_after) for row in rows}
+    rows.sort(key=lambda row: (since[row.task_id], row.task_id))
+    return [
+        {**_summary(row, clock), "stuckSince": _rfc3339(since[row.task_id])} for row in rows[:limit]
+    ]
 
 
 async def owner_tasks(store: Store, owner: str, now: datetime | None = None) -> list[Any]:
     """Every task of one owner, oldest first, with its visits (for the grade sheet)."""
-    now = now or datetime.now(UTC)
+    clock = clock_of(store, now)
     query = select(tasks).where(tasks.c.owner == owner).order_by(tasks.c.first_seen)
     async with store.engine.connect() as conn:
         rows = list(await conn.execute(query))
-    return [{**_summary(row, now), "visits": json.loads(row.visits)} for row in rows]
+    return [{**_summary(row, clock), "visits": json.loads(row.visits)} for row in rows]
 
 
 async def counts(store: Store) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 `notices` is the record: every notice body once (its key is the hash of its canonical body,
 so a redelivered copy is stored once). `tasks` and `visits` are derived from it by the
-journey fold after every batch, and are what the queries read.
+journey fold after every batch, and are what the queries read. The text search's trigram
+index is each database's own kind of object and lives in migration 0004 alone (`search.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
+UNTIMED = "state = 'waiting' AND stuck_at IS NULL"
+
 metadata = MetaData()
 
 notices = Table(
@@ -81,19 +84,23 @@ tasks = Table(
     Column("stage_key", Text, nullable=True),
     Column("first_seen", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
-    Column("stuck_at", UtcDateTime, nullable=True, index=True),
+    Column("stuck_at", UtcDateTime, nullable=True),
     Column("visits", Text, nullable=False),
     Index("tasks_newest", "updated_at", "task_id"),
     # The list's filters, each followed by its order: a page is one walk of an index.
     Index("tasks_owner_newest", "owner", "updated_at", "task_id"),
-    Index("tasks_state_newest", "state", "updated_at", "task_id"),
+    # `stuck_at` last: the open states' pages and counts test it without reading rows.
+    Index("tasks_state_newest", "state", "updated_at", "task_id", "stuck_at"),
     Index("tasks_stage_key_newest", "stage_key", "updated_at", "task_id"),
+    # Running tasks by when they become stuck (stuck.py).
+    Index("tasks_state_stuck", "state", "stuck_at"),
+    # Waiting tasks without a time, which never become stuck: few if any.
     Index(
-        "tasks_open_newest",
+        "tasks_waiting_untimed",
         "updated_at",
         "task_id",
-        sqlite_where=text("stuck_at IS NOT NULL"),
-        postgresql_where=text("stuck_at IS NOT NULL"),
+        sqlite_where=text(UNTIMED),
+        postgresql_where=text(UNTIMED),
     ),
 )
 
