@@ -104,6 +104,9 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             await until(lambda: journey_in(client, "t-while-down", "stuck"), "stuck", timeout=10)
             stuck = (await client.get("/api/stuck")).json()["items"]
             assert [t["taskId"] for t in stuck] == ["t-while-down"]
+            capped = await client.get("/api/stuck", params={"limit": 1})
+            assert [t["taskId"] for t in capped.json()["items"]] == ["t-while-down"]
+            assert (await client.get("/api/stuck", params={"limit": 0})).status_code == 422
             counts = (await client.get("/api/counts")).json()
             assert counts["unreadable"] == 1
             assert counts["tasks"] == 2

@@ -117,6 +117,8 @@ async def test_the_waiting_and_stuck_pages_split_at_the_bound(store: Store) -> N
     assert {s.value: counts[s.value] for s in by_model} == {s: len(e) for s, e in by_model.items()}
     stuck = [t["taskId"] for t in await queries.stuck_tasks(store, now=now)]
     assert stuck == sorted(by_model[State.STUCK], key=lambda t: views[t].stuck_at(AFTER))  # type: ignore[arg-type, return-value]
+    capped = await queries.stuck_tasks(store, now=now, limit=2)
+    assert [t["taskId"] for t in capped] == stuck[:2]  # the longest stuck, when capped
 
 
 async def test_an_existing_database_is_migrated_with_its_data(database_url: str) -> None:

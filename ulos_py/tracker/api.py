@@ -102,9 +102,15 @@ async def nodes(request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/stuck")
-async def stuck(request: Request) -> dict[str, Any]:
-    """Tasks waiting or running longer than they should, longest stuck first."""
-    return {"items": await queries.stuck_tasks(tracker_of(request).store)}
+async def stuck(
+    request: Request,
+    limit: Annotated[
+        int, Query(ge=1, le=10_000, description="At most this many (the list pages all).")
+    ] = 1000,
+) -> dict[str, Any]:
+    """Tasks waiting or running longer than they should, longest stuck first; capped, since
+    a stalled stage can leave tens of thousands (`/api/tasks?state=stuck` pages them all)."""
+    return {"items": await queries.stuck_tasks(tracker_of(request).store, limit=limit)}
 
 
 @router.get("/api/counts")
