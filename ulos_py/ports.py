@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.zip_stream import TarResults
+from ulos_py.zip_stream import TarResults, ZipPlan
 
 
 class Delivery(Protocol):
@@ -79,8 +79,9 @@ class Storage(Protocol):
     async def download(self, remote_path: str, local_file: Path) -> None:
         """Raise StorageRefused or StorageUnavailable (after the adapter's own retries)."""
 
-    async def upload(self, local_file: Path, remote_path: str) -> None:
-        """Replace `remote_path` with the file, never leaving a half-written one there."""
+    async def upload(self, local_file: Path | ZipPlan, remote_path: str) -> None:
+        """Replace `remote_path` with the file (or the zip the plan makes), never leaving a
+        half-written one there."""
 
 
 class TimeoutPolicy(StrEnum):

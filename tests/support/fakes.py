@@ -29,6 +29,7 @@ from ulos_py.errors import (
 from ulos_py.execution.containers import ContainerExit, ContainerSpec
 from ulos_py.models import Outcome, RoutingNode
 from ulos_py.ports import Envelope, ExecutionResult, TaskFiles, TimeoutPolicy
+from ulos_py.zip_stream import ZipPlan
 
 Route = tuple[str, str]
 
@@ -163,7 +164,7 @@ class FakeStorage:
         await asyncio.to_thread(local_file.write_bytes, self.files[remote_path])
         self.downloads.append(remote_path)
 
-    async def upload(self, local_file: Path, remote_path: str) -> None:
+    async def upload(self, local_file: Path | ZipPlan, remote_path: str) -> None:
         if self.fail_uploads:
             raise StorageUnavailable("421 service not available")
         self.files[remote_path] = await asyncio.to_thread(local_file.read_bytes)

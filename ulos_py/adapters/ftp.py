@@ -22,17 +22,18 @@ import asyncio
 import os
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import aioftp
 import structlog
 
 from ulos_py.errors import ConfigError, StorageError, StorageRefused, StorageUnavailable
 from ulos_py.settings import ConnectionSettings, TlsOptions, tls_refusal
+from ulos_py.zip_stream import ZipPlan
 
 log = structlog.get_logger(__name__)
 
@@ -76,12 +77,29 @@ class RetryPolicy:
         return [self.first_delay * 2**attempt for attempt in range(self.retries)]
 
 
-async def _read_block(source: BinaryIO) -> bytes:
-    """The next block: a small remainder inline, a MiB in a thread."""
-    remaining = os.fstat(source.fileno()).st_size - source.tell()
-    if remaining <= CHUNK:
+class _Source(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+
+async def _read_block(source: _Source, size: int) -> bytes:
+    """The next block of a source of `size` bytes: a small remainder inline, a MiB in a
+    thread."""
+    if size - source.tell() <= CHUNK:
         return source.read(CHUNK)
     return await asyncio.to_thread(source.read, FILE_BLOCK)
+
+
+@contextmanager
+def _open_upload(local: Path | ZipPlan) -> Iterator[tuple[_Source, int]]:
+    """The bytes to upload and how many: a file, or the zip a plan makes as it is read."""
+    if isinstance(local, ZipPlan):
+        with local.open() as plan:
+            yield plan, plan.size
+    else:
+        with local.open("rb") as file:
+            yield file, os.fstat(file.fileno()).st_size
 
 
 def _answer(exc: aioftp.StatusCodeError) -> str:
@@ -275,14 +293,14 @@ class FtpStorage:
 
         await self._attempt(f"download {remote_path}", fetch)
 
-    async def upload(self, local_file: Path, remote_path: str) -> None:
+    async def upload(self, local_file: Path | ZipPlan, remote_path: str) -> None:
         target = PurePosixPath(remote_path)
         partial = str(target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part"))
 
         async def store(client: aioftp.Client) -> None:
-            with local_file.open("rb") as source:
+            with _open_upload(local_file) as (source, size):
                 async with client.upload_stream(partial) as stream:
-                    while block := await _read_block(source):
+                    while block := await _read_block(source, size):
                         await stream.write(block)
             await client.rename(partial, remote_path)
 
