@@ -75,9 +75,22 @@ class Publisher(Protocol):
         """Return once the broker confirmed it as routed; raise PublishError otherwise."""
 
 
+class BlockReader(Protocol):
+    """Takes a download's bytes as they are written (a zip checked on the way)."""
+
+    def start(self) -> None:
+        """The download starts (again) from its first byte."""
+
+    def feed(self, block: bytes | bytearray) -> None:
+        """The next bytes, in order; called in a worker thread."""
+
+
 class Storage(Protocol):
-    async def download(self, remote_path: str, local_file: Path) -> None:
-        """Raise StorageRefused or StorageUnavailable (after the adapter's own retries)."""
+    async def download(
+        self, remote_path: str, local_file: Path, reader: BlockReader | None = None
+    ) -> None:
+        """Raise StorageRefused or StorageUnavailable (after the adapter's own retries).
+        `reader` is given every byte written, in order."""
 
     async def upload(self, local_file: Path | ZipPlan, remote_path: str) -> None:
         """Replace `remote_path` with the file (or the zip the plan makes), never leaving a

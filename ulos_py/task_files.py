@@ -24,6 +24,7 @@ from ulos_py.archive import ArchiveLimits, safe_unpack
 from ulos_py.errors import ExecutionCrashed
 from ulos_py.execution.transfer import pack_for_container, spool, unpack_from_container
 from ulos_py.file_work import SMALL_BYTES, pack_with_output, run_file_work, small_tree, small_zip
+from ulos_py.zip_scan import ZipScan
 from ulos_py.zip_stream import (
     TarResults,
     ZipContents,
@@ -46,17 +47,24 @@ class WorkspaceFiles:
         self._contents: ZipContents | None = None
         self._limits = ArchiveLimits()
         self._tree: Path | None = None
+        self._scan: ZipScan | None = None
 
     @property
     def downloaded(self) -> Path:
         """Where the task's zip is downloaded to."""
         return self.root / "task.zip"
 
+    def scan(self, limits: ArchiveLimits) -> ZipScan:
+        """A reader of the download that checks entries as they come (see `zip_scan`), so
+        that `check` reads only what it could not follow."""
+        self._scan = ZipScan(limits)
+        return self._scan
+
     async def check(self, limits: ArchiveLimits) -> None:
         """Check the downloaded zip (SPEC §3); raise UnsafeArchive. Nothing is unpacked."""
         self._limits = limits
         small = small_zip(self._zip)
-        self._contents = await run_file_work(small, check_zip, self._zip, limits)
+        self._contents = await run_file_work(small, check_zip, self._zip, limits, self._scan)
 
     async def directory(self) -> Path:
         """The submission unpacked to a folder the executor may change; what it leaves there

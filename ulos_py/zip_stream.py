@@ -34,6 +34,7 @@ from ulos_py.archive import (
     compression_for_sample,
 )
 from ulos_py.errors import ExecutionCrashed, UnsafeArchive
+from ulos_py.zip_scan import ZipScan
 
 EXECUTABLE = 0o755
 PLAIN = 0o644
@@ -92,10 +93,10 @@ def _contents(entries: list[Entry], as_stored: bool) -> ZipContents:
     return ZipContents(frozenset(files), frozenset(folders), as_stored)
 
 
-def check_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
+def check_zip(archive: Path, limits: ArchiveLimits, scan: ZipScan | None = None) -> ZipContents:
     """Check `archive` as `safe_unpack` would, reading every entry but writing nothing;
-    raise UnsafeArchive."""
-    return _examine(archive, limits, read=True)
+    raise UnsafeArchive. Entries a `scan` of the download already read are not read again."""
+    return _examine(archive, limits, read=True, scan=scan)
 
 
 def list_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
@@ -103,7 +104,9 @@ def list_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
     return _examine(archive, limits, read=False)
 
 
-def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
+def _examine(
+    archive: Path, limits: ArchiveLimits, read: bool, scan: ZipScan | None = None
+) -> ZipContents:
     with _open_zip(archive) as zf:
         try:
             entries = checked_entries(zf, limits)
@@ -115,7 +118,11 @@ def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
             if not read:
                 return contents
             budget = limits.max_total_bytes
+            following = _next_offsets(zf) if scan is not None else {}
             for info, _ in entries:
+                if scan is not None and scan.covers(info, following[info.header_offset]):
+                    budget -= info.file_size  # what the scan inflated, no more
+                    continue
                 for chunk in _read(zf, info):
                     budget -= len(chunk)
                     if budget < 0:
@@ -125,6 +132,16 @@ def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
         except (OSError, EOFError, NotImplementedError, ValueError, RuntimeError) as exc:
             raise UnsafeArchive(f"cannot unpack: {exc}") from exc
     return contents
+
+
+def _next_offsets(zf: zipfile.ZipFile) -> dict[int, int]:
+    """For each entry's offset, where the next entry (or the directory) starts; -1 for an
+    offset two entries share, so neither counts as read by a scan."""
+    offsets = sorted(info.header_offset for info in zf.infolist())
+    following = {}
+    for here, after in zip(offsets, [*offsets[1:], zf.start_dir], strict=True):
+        following[here] = -1 if here in following or here == after else after
+    return following
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:

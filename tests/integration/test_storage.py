@@ -166,3 +166,41 @@ async def test_a_planned_zip_is_uploaded_whole_again_after_a_refusal(
     assert zip_names(ftp_server.get(remote)) == {"a.bin": blob, "b.txt": b"b", "out.txt": b"pass\n"}
     assert ftp_server.get(remote) == plan.read_bytes()
     assert [p.name for p in (ftp_server.root / names.prefix).iterdir()] == ["planned.zip"]
+
+
+class Recorder:
+    """A download's reader that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.data = bytearray()
+
+    def start(self) -> None:
+        self.starts += 1
+        self.data = bytearray()
+
+    def feed(self, block: bytes | bytearray) -> None:
+        self.data += block
+
+
+async def test_a_download_hands_its_reader_every_byte_in_order_once_per_attempt(
+    ftp_server: FtpServer, names: Names, tmp_path: Path
+) -> None:
+    """A large file is written in a worker thread block by block while the next blocks come
+    down; its reader (the zip check) gets each block after it is written, in order, and
+    starts again with a retried download."""
+    content = random.Random(9).randbytes(5 << 20)
+    remote = f"/{names.prefix}/big-{names.prefix}.zip"
+    ftp_server.put(remote, content)
+    ftp_server.handler.transient_failures[f"big-{names.prefix}.zip"] = 1
+    address = FtpAddress(ftp_server.host, ftp_server.port, ftp_server.username, ftp_server.password)
+    storage = FtpStorage(address, connections=1, retry=RetryPolicy(retries=2, first_delay=0.05))
+    reader = Recorder()
+    try:
+        await storage.download(remote, tmp_path / "task.zip", reader)
+    finally:
+        await storage.close()
+
+    assert reader.starts == 2  # the refused attempt, then the one that came down
+    assert bytes(reader.data) == content
+    assert (tmp_path / "task.zip").read_bytes() == content

@@ -16,6 +16,7 @@ import pytest
 from tests.support.fakes import zip_bytes, zip_names
 from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import ExecutionCrashed, UnsafeArchive
+from ulos_py.zip_scan import ZipScan
 from ulos_py.zip_stream import (
     ZipPlan,
     append_file,
@@ -37,11 +38,23 @@ def listing(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
+def scanned(archive: Path, limits: ArchiveLimits, block: int) -> ZipScan:
+    """A scan fed `archive` as a download would, in blocks of `block` bytes."""
+    scan = ZipScan(limits)
+    data = archive.read_bytes()
+    for start in range(0, len(data), block):
+        scan.feed(data[start : start + block])
+    return scan
+
+
 def refused(archive: Path, match: str, limits: ArchiveLimits | None = None) -> None:
-    """check_zip refuses `archive` and writes nothing beside it."""
+    """check_zip refuses `archive` and writes nothing beside it; the same when a scan of the
+    download went before (split anywhere, or in large blocks)."""
     before = listing(archive.parent)
-    with pytest.raises(UnsafeArchive, match=match):
-        check_zip(archive, limits or ArchiveLimits())
+    limits = limits or ArchiveLimits()
+    for scan in (None, scanned(archive, limits, 7), scanned(archive, limits, 1 << 20)):
+        with pytest.raises(UnsafeArchive, match=match):
+            check_zip(archive, limits, scan)
     assert listing(archive.parent) == before
 
 

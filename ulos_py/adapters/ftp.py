@@ -26,12 +26,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import aioftp
 import structlog
 
 from ulos_py.errors import ConfigError, StorageError, StorageRefused, StorageUnavailable
+from ulos_py.ports import BlockReader
 from ulos_py.settings import ConnectionSettings, TlsOptions, tls_refusal
 from ulos_py.zip_stream import ZipPlan
 
@@ -40,6 +41,8 @@ log = structlog.get_logger(__name__)
 CHUNK = 1 << 16
 FILE_BLOCK = 1 << 20
 """Disk I/O unit for large files: big enough that a thread hop per block is cheap."""
+SPOOL_DEPTH = 4
+"""Blocks of a download waiting to be written at most."""
 TIMEOUT = 30.0
 DISCARD_TIMEOUT = 5.0
 """Seconds a failed upload waits to remove its temporary file: the task's crash waits."""
@@ -100,6 +103,52 @@ def _open_upload(local: Path | ZipPlan) -> Iterator[tuple[_Source, int]]:
     else:
         with local.open("rb") as file:
             yield file, os.fstat(file.fileno()).st_size
+
+
+class _Spool:
+    """Writes a download's blocks to its file, and hands them to its reader, in a worker
+    thread and in order, while the loop reads on: a zip's check runs beside its download.
+    At most SPOOL_DEPTH blocks wait, so memory does not follow the file's size; a small
+    file (one block) is written right here, where a thread hop would cost more."""
+
+    def __init__(self, out: BinaryIO, reader: BlockReader | None) -> None:
+        self._out, self._reader = out, reader
+        self._room = asyncio.Semaphore(SPOOL_DEPTH)
+        self._last: asyncio.Future[None] | None = None
+
+    def _write(self, block: bytearray) -> None:
+        self._out.write(block)
+        if self._reader is not None:
+            self._reader.feed(block)
+
+    async def put(self, block: bytearray) -> None:
+        if self._last is None and len(block) <= CHUNK:
+            self._write(block)
+            return
+        await self._room.acquire()
+        if self._last is not None and self._last.done() and self._last.exception():
+            self._room.release()
+            await self._last  # a write failed: say so now
+        self._last = asyncio.ensure_future(self._after(self._last, block))
+
+    async def _after(self, previous: asyncio.Future[None] | None, block: bytearray) -> None:
+        try:
+            if previous is not None:
+                await previous
+            await asyncio.to_thread(self._write, block)
+        finally:
+            self._room.release()
+
+    async def finish(self) -> None:
+        """Wait until every block is written, raising the first write's error."""
+        if self._last is not None:
+            await self._last
+
+    async def abandon(self) -> None:
+        """Wait until the writes under way end, whatever they raise (the download failed)."""
+        if self._last is not None:
+            with suppress(BaseException):
+                await asyncio.shield(self._last)
 
 
 def _answer(exc: aioftp.StatusCodeError) -> str:
@@ -199,7 +248,11 @@ class FtpStorage:
         self._idle: list[_Client] = []
 
     async def _connect(self) -> _Client:
-        client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT)
+        # `limit` goes to asyncio's open_connection (aioftp hands extra keywords on, through
+        # siosocks when that is installed): a data connection's reader then buffers up to
+        # 2 MiB and a read returns up to a MiB, where the default 64 KiB made a 100 MB
+        # download 1600 reads, each a task for its timeout (a third of the download's CPU).
+        client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT, limit=FILE_BLOCK)
         try:
             await client.connect(self._address.host, self._address.port)
             if self._tls is not None:
@@ -276,20 +329,27 @@ class FtpStorage:
             log.warning("storage_retry", reason=str(error), delay=delays[attempt])
             await asyncio.sleep(delays[attempt])
 
-    async def download(self, remote_path: str, local_file: Path) -> None:
+    async def download(
+        self, remote_path: str, local_file: Path, reader: BlockReader | None = None
+    ) -> None:
         async def fetch(client: aioftp.Client) -> None:
+            if reader is not None:
+                reader.start()
             with local_file.open("wb") as out:
-                pending = bytearray()
-                async with client.download_stream(remote_path) as stream:
-                    async for block in stream.iter_by_block(CHUNK):
-                        pending += block
-                        if len(pending) >= FILE_BLOCK:
-                            await asyncio.to_thread(out.write, pending)
-                            pending = bytearray()
-                if len(pending) > CHUNK:
-                    await asyncio.to_thread(out.write, pending)
-                else:
-                    out.write(pending)
+                spool = _Spool(out, reader)
+                try:
+                    pending = bytearray()
+                    async with client.download_stream(remote_path) as stream:
+                        async for block in stream.iter_by_block(FILE_BLOCK):
+                            pending += block
+                            if len(pending) >= FILE_BLOCK:
+                                await spool.put(pending)
+                                pending = bytearray()
+                    await spool.put(pending)
+                except BaseException:
+                    await spool.abandon()  # before the file closes under a write
+                    raise
+                await spool.finish()
 
         await self._attempt(f"download {remote_path}", fetch)
 
