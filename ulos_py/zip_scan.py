@@ -20,6 +20,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from ulos_py.archive import ArchiveLimits
 
@@ -34,6 +35,8 @@ UNSAFE_FLAGS = 0x0001 | 0x0020 | 0x0040
 """Encrypted, patched or strongly encrypted, as zipfile tests them in the directory."""
 METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 MAX_HEADER = 30 + 2 * 0xFFFF
+SLICE = 64 << 10
+"""Bytes inflated at a time."""
 RATIO = 16
 SLACK = 16 << 20
 """The scan inflates at most RATIO bytes per byte received, plus SLACK."""
@@ -185,16 +188,26 @@ class _Entry:
         """Consume what belongs to this entry; return the rest."""
         mine, rest = data[: self._left], data[self._left :]
         self._left -= len(mine)
-        room = self._size - self._produced
-        out: bytes | memoryview = b""
+        before = self._produced
         if self._inflater is None:
-            out = mine[:room]
-        elif room > 0 and not self._inflater.eof:
-            out = self._inflater.decompress(mine, room)  # past `room` zipfile stops too
+            self._count(mine[: self._size - self._produced])
+        else:
+            for start in range(0, len(mine), SLICE):
+                self._inflate(self._inflater, mine[start : start + SLICE])
+        self.inflated_last = self._produced - before
+        return rest
+
+    def _inflate(self, inflater: Any, data: memoryview | bytes) -> None:
+        """Inflate in slices: the output is only counted, and small pieces keep the
+        allocator from holding on to MiB blocks in every worker thread that ran a scan."""
+        while data and self._produced < self._size and not inflater.eof:
+            # past the declared size zipfile stops reading too
+            self._count(inflater.decompress(data, min(self._size - self._produced, SLICE)))
+            data = inflater.unconsumed_tail
+
+    def _count(self, out: bytes | memoryview) -> None:
         self._crc = zlib.crc32(out, self._crc)
         self._produced += len(out)
-        self.inflated_last = len(out)
-        return rest
 
     def result(self) -> Scanned:
         return Scanned(

@@ -7,7 +7,10 @@ that is renamed over the target, so a reader never sees half a zip.
 
 Files stream between disk and socket in blocks, so memory does not grow with the zip. Disk
 writes and reads of a MiB go to a thread; a small task zip (one block) is written inline,
-where a thread hop would cost more than the page-cache copy it avoids.
+where a thread hop would cost more than the page-cache copy it avoids. A download's blocks
+are written in order by a worker thread while the next ones come down, and handed there to
+a reader (the zip's check, `ulos_py.zip_scan`), so checking a large zip overlaps its
+transfer. An upload reads a file, or the zip a `ZipPlan` makes from the downloaded one.
 
 With REMOTE_STORAGE_TLS each connection is explicit FTPS, all by aioftp: `upgrade_to_tls`
 sends AUTH TLS before the login (so the password only travels encrypted), then PBSZ 0 and
@@ -41,8 +44,10 @@ log = structlog.get_logger(__name__)
 CHUNK = 1 << 16
 FILE_BLOCK = 1 << 20
 """Disk I/O unit for large files: big enough that a thread hop per block is cheap."""
-SPOOL_DEPTH = 4
+SPOOL_DEPTH = 2
 """Blocks of a download waiting to be written at most."""
+READ_LIMIT = 256 << 10
+"""Stream buffer of a connection: bounds one read (see `FtpStorage._connect`)."""
 TIMEOUT = 30.0
 DISCARD_TIMEOUT = 5.0
 """Seconds a failed upload waits to remove its temporary file: the task's crash waits."""
@@ -249,10 +254,10 @@ class FtpStorage:
 
     async def _connect(self) -> _Client:
         # `limit` goes to asyncio's open_connection (aioftp hands extra keywords on, through
-        # siosocks when that is installed): a data connection's reader then buffers up to
-        # 2 MiB and a read returns up to a MiB, where the default 64 KiB made a 100 MB
-        # download 1600 reads, each a task for its timeout (a third of the download's CPU).
-        client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT, limit=FILE_BLOCK)
+        # siosocks when that is installed): a read on a data connection then returns up to
+        # 256 KiB, where the default limit made a 100 MB download 1600 reads of 64 KiB, each
+        # a task for its timeout. Larger limits saved no more CPU and cost RSS.
+        client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT, limit=READ_LIMIT)
         try:
             await client.connect(self._address.host, self._address.port)
             if self._tls is not None:
