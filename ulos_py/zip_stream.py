@@ -34,13 +34,10 @@ from ulos_py.archive import (
     compression_for_sample,
 )
 from ulos_py.errors import ExecutionCrashed, UnsafeArchive
-from ulos_py.zip_scan import ZipScan
+from ulos_py.zip_scan import HEADER, LOCAL_HEADER, ZipScan
 
 EXECUTABLE = 0o755
 PLAIN = 0o644
-LOCAL_HEADER = b"PK\x03\x04"
-LOCAL_HEADER_SIZE = 30
-"""An entry's local header: signature, fixed fields, then its name and extra field."""
 EARLIEST = (1980, 1, 1, 0, 0, 0)
 """A zip cannot date an entry before 1980."""
 
@@ -194,11 +191,11 @@ def _refer_compressed(
     if source is None:
         raise UnsafeArchive("the zip was closed while being read")
     source.seek(info.header_offset)
-    local = source.read(LOCAL_HEADER_SIZE)
-    if len(local) < LOCAL_HEADER_SIZE or local[:4] != LOCAL_HEADER:
+    local = source.read(HEADER.size)
+    if len(local) < HEADER.size or local[:4] != LOCAL_HEADER:
         raise UnsafeArchive(f"entry {info.filename!r} has no valid local header")
     name_length, extra_length = struct.unpack("<HH", local[26:30])
-    start = info.header_offset + LOCAL_HEADER_SIZE + name_length + extra_length
+    start = info.header_offset + HEADER.size + name_length + extra_length
     if start + info.compress_size > end:
         raise UnsafeArchive(f"entry {info.filename!r} is cut short")
     entry = _new_info(name, _mode_of(info), info.date_time, info.compress_type)
