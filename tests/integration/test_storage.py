@@ -21,7 +21,7 @@ from tests.support.harness import (
 from tests.support.services import Broker, FtpServer, Names
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.archive import ArchiveLimits
-from ulos_py.errors import ConfigError, StorageRefused
+from ulos_py.errors import ConfigError, StorageRefused, StorageUnavailable
 from ulos_py.node import run_node
 from ulos_py.zip_stream import plan_rewrite
 
@@ -204,3 +204,32 @@ async def test_a_download_hands_its_reader_every_byte_in_order_once_per_attempt(
     assert reader.starts == 2  # the refused attempt, then the one that came down
     assert bytes(reader.data) == content
     assert (tmp_path / "task.zip").read_bytes() == content
+
+
+class FailingReader(Recorder):
+    """Fails on the download's second block, as a full disk fails a write."""
+
+    def feed(self, block: bytes | bytearray) -> None:
+        if self.data:
+            raise OSError(28, "No space left on device")
+        super().feed(block)
+
+
+async def test_a_write_that_fails_mid_download_fails_the_download_and_nothing_hangs(
+    ftp_server: FtpServer, names: Names, tmp_path: Path
+) -> None:
+    content = random.Random(11).randbytes(6 << 20)
+    remote = f"/{names.prefix}/full-disk.zip"
+    ftp_server.put(remote, content)
+    address = FtpAddress(ftp_server.host, ftp_server.port, ftp_server.username, ftp_server.password)
+    storage = FtpStorage(address, connections=1, retry=RetryPolicy(retries=0))
+    try:
+        with pytest.raises(StorageUnavailable, match="No space left"):
+            await asyncio.wait_for(
+                storage.download(remote, tmp_path / "a.zip", FailingReader()), 20
+            )
+        reader = Recorder()  # the next download, on a fresh connection, is whole
+        await asyncio.wait_for(storage.download(remote, tmp_path / "b.zip", reader), 20)
+    finally:
+        await storage.close()
+    assert bytes(reader.data) == content
