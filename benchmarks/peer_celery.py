@@ -754,6 +754,7 @@ def large_summary(large: list[LargeResult], rss_10k: float | None) -> list[dict[
                 "node_peak_rss_mib": r.node_peak_rss_mib,
                 "rss_growth_over_10kb_mib": growth,
                 "node_step_ms": r.phase["step_ms"],
+                "node_cpu_ms_per_task": r.phase["cpu_ms_per_task"],
             }
         )
     return rows
@@ -965,6 +966,9 @@ def _render_large(report: dict[str, Any]) -> list[str]:
     for r in report["large"]:
         steps = ", ".join(f"{step} {ms:.0f}" for step, ms in r["node_step_ms"].items())
         lines.append(f"{r['size_mb']:>4} MB node steps, median ms: {steps}")
+        if cpu := r.get("node_cpu_ms_per_task"):  # reports made before it lack it
+            parts = ", ".join(f"{who} {ms:.0f}" for who, ms in cpu.items())
+            lines.append(f"{r['size_mb']:>4} MB node phase, CPU ms per task: {parts}")
     big = next((r for r in report["large"] if r["size_mb"] == max(LARGE_MB)), None)
     if big is not None:
         ratio, growth = big["node_over_bare"], big["rss_growth_over_10kb_mib"]

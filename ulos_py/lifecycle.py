@@ -184,7 +184,8 @@ async def _run_stage(
     scope: CancelScope,
 ) -> None:
     try:
-        await deps.storage.download(task.file_path, space.archive)
+        reader = space.files.scan(deps.limits)
+        await deps.storage.download(task.file_path, space.archive, reader)
     except StorageError as exc:
         raise DownloadFailed(f"cannot download {task.file_path}: {exc}") from exc
     await space.files.check(deps.limits)

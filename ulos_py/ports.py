@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.zip_stream import TarResults
+from ulos_py.zip_stream import TarResults, ZipPlan
 
 
 class Delivery(Protocol):
@@ -75,12 +75,26 @@ class Publisher(Protocol):
         """Return once the broker confirmed it as routed; raise PublishError otherwise."""
 
 
-class Storage(Protocol):
-    async def download(self, remote_path: str, local_file: Path) -> None:
-        """Raise StorageRefused or StorageUnavailable (after the adapter's own retries)."""
+class BlockReader(Protocol):
+    """Takes a download's bytes as they are written (a zip checked on the way)."""
 
-    async def upload(self, local_file: Path, remote_path: str) -> None:
-        """Replace `remote_path` with the file, never leaving a half-written one there."""
+    def start(self) -> None:
+        """The download starts (again) from its first byte."""
+
+    def feed(self, block: bytes | bytearray) -> None:
+        """The next bytes, in order; called in a worker thread."""
+
+
+class Storage(Protocol):
+    async def download(
+        self, remote_path: str, local_file: Path, reader: BlockReader | None = None
+    ) -> None:
+        """Raise StorageRefused or StorageUnavailable (after the adapter's own retries).
+        `reader` is given every byte written, in order."""
+
+    async def upload(self, local_file: Path | ZipPlan, remote_path: str) -> None:
+        """Replace `remote_path` with the file (or the zip the plan makes), never leaving a
+        half-written one there."""
 
 
 class TimeoutPolicy(StrEnum):

@@ -4,7 +4,8 @@ Writing every submission to disk as a tree and reading it back was most of a nod
 work, and most executors never look at the tree. So the zip is checked where it lies
 (`zip_stream.check_zip`); an executor asks for the form it needs:
 
-- nothing (the built-in ones): the stage's output is appended to the zip in place;
+- nothing (the built-in ones): the stage's output is appended to the zip in place (or,
+  when names change, uploaded with the entries straight from it: `zip_stream.ZipPlan`);
 - a tar stream (docker): made from the zip's entries, and the container's tar becomes the
   new zip;
 - a directory (`directory()`): unpacked once under the workspace, packed again at the end.
@@ -23,13 +24,15 @@ from ulos_py.archive import ArchiveLimits, safe_unpack
 from ulos_py.errors import ExecutionCrashed
 from ulos_py.execution.transfer import pack_for_container, spool, unpack_from_container
 from ulos_py.file_work import SMALL_BYTES, pack_with_output, run_file_work, small_tree, small_zip
+from ulos_py.zip_scan import ZipScan
 from ulos_py.zip_stream import (
     TarResults,
     ZipContents,
+    ZipPlan,
     append_file,
     check_zip,
     list_zip,
-    rewrite_zip,
+    plan_rewrite,
     tar_to_zip,
     zip_to_tar,
 )
@@ -44,17 +47,24 @@ class WorkspaceFiles:
         self._contents: ZipContents | None = None
         self._limits = ArchiveLimits()
         self._tree: Path | None = None
+        self._scan: ZipScan | None = None
 
     @property
     def downloaded(self) -> Path:
         """Where the task's zip is downloaded to."""
         return self.root / "task.zip"
 
+    def scan(self, limits: ArchiveLimits) -> ZipScan:
+        """A reader of the download that checks entries as they come (see `zip_scan`), so
+        that `check` reads only what it could not follow."""
+        self._scan = ZipScan(limits)
+        return self._scan
+
     async def check(self, limits: ArchiveLimits) -> None:
         """Check the downloaded zip (SPEC §3); raise UnsafeArchive. Nothing is unpacked."""
         self._limits = limits
         small = small_zip(self._zip)
-        self._contents = await run_file_work(small, check_zip, self._zip, limits)
+        self._contents = await run_file_work(small, check_zip, self._zip, limits, self._scan)
 
     async def directory(self) -> Path:
         """The submission unpacked to a folder the executor may change; what it leaves there
@@ -93,8 +103,10 @@ class WorkspaceFiles:
         self._contents = await asyncio.to_thread(list_zip, results, self._limits)
         return taken
 
-    async def seal(self, output_name: str, output: str) -> Path:
-        """Add the stage's output file; return the zip to upload."""
+    async def seal(self, output_name: str, output: str) -> Path | ZipPlan:
+        """Add the stage's output file; return the zip to upload: a file, or, when the
+        entries must be renamed or one left out, a plan that uploads them from the zip as
+        downloaded (no second copy of the archive on disk)."""
         if self._tree is not None:
             upload = self.root / "upload.zip"
             small = len(output) <= SMALL_BYTES and small_tree(self._tree)
@@ -109,11 +121,15 @@ class WorkspaceFiles:
             raise ExecutionCrashed(f"cannot write the output file {output_name}: it is a folder")
         data = output.encode("utf-8")
         if not contents.as_stored or output_name in contents.files:
-            upload = self.root / "upload.zip"
-            await run_file_work(
-                small_zip(self._zip), rewrite_zip, self._zip, upload, self._limits, output_name
+            return await run_file_work(
+                small_zip(self._zip),
+                plan_rewrite,
+                self._zip,
+                self._limits,
+                output_name,
+                output_name,
+                data,
             )
-            self._zip = upload
         await run_file_work(len(data) <= SMALL_BYTES, append_file, self._zip, output_name, data)
         return self._zip
 

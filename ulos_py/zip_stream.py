@@ -1,7 +1,10 @@
 """A task's zip worked on as a stream: checked, added to, turned into a tar and back.
 
 An executor that never looks at the files (the built-in ones) gets no unpacked tree: the
-zip is checked entry by entry, and the stage's output is appended to it in place. A docker
+zip is checked entry by entry, and the stage's output is appended to it in place. When the
+names must change (a wrapping folder or junk stripped, an earlier output replaced), the new
+zip is a plan: its headers made here, its entries' bytes read from the downloaded zip as it
+is uploaded, so the archive is neither written to disk a second time nor held in memory. A docker
 executor gets a tar stream made from the zip's entries, and the tar its container leaves
 becomes the new zip, again without a tree on disk.
 
@@ -31,12 +34,10 @@ from ulos_py.archive import (
     compression_for_sample,
 )
 from ulos_py.errors import ExecutionCrashed, UnsafeArchive
+from ulos_py.zip_scan import HEADER, LOCAL_HEADER, ZipScan
 
 EXECUTABLE = 0o755
 PLAIN = 0o644
-LOCAL_HEADER = b"PK\x03\x04"
-LOCAL_HEADER_SIZE = 30
-"""An entry's local header: signature, fixed fields, then its name and extra field."""
 EARLIEST = (1980, 1, 1, 0, 0, 0)
 """A zip cannot date an entry before 1980."""
 
@@ -89,10 +90,10 @@ def _contents(entries: list[Entry], as_stored: bool) -> ZipContents:
     return ZipContents(frozenset(files), frozenset(folders), as_stored)
 
 
-def check_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
+def check_zip(archive: Path, limits: ArchiveLimits, scan: ZipScan | None = None) -> ZipContents:
     """Check `archive` as `safe_unpack` would, reading every entry but writing nothing;
-    raise UnsafeArchive."""
-    return _examine(archive, limits, read=True)
+    raise UnsafeArchive. Entries a `scan` of the download already read are not read again."""
+    return _examine(archive, limits, read=True, scan=scan)
 
 
 def list_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
@@ -100,7 +101,9 @@ def list_zip(archive: Path, limits: ArchiveLimits) -> ZipContents:
     return _examine(archive, limits, read=False)
 
 
-def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
+def _examine(
+    archive: Path, limits: ArchiveLimits, read: bool, scan: ZipScan | None = None
+) -> ZipContents:
     with _open_zip(archive) as zf:
         try:
             entries = checked_entries(zf, limits)
@@ -112,7 +115,11 @@ def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
             if not read:
                 return contents
             budget = limits.max_total_bytes
+            following = _next_offsets(zf) if scan is not None else {}
             for info, _ in entries:
+                if scan is not None and scan.covers(info, following[info.header_offset]):
+                    budget -= info.file_size  # what the scan inflated, no more
+                    continue
                 for chunk in _read(zf, info):
                     budget -= len(chunk)
                     if budget < 0:
@@ -122,6 +129,16 @@ def _examine(archive: Path, limits: ArchiveLimits, read: bool) -> ZipContents:
         except (OSError, EOFError, NotImplementedError, ValueError, RuntimeError) as exc:
             raise UnsafeArchive(f"cannot unpack: {exc}") from exc
     return contents
+
+
+def _next_offsets(zf: zipfile.ZipFile) -> dict[int, int]:
+    """For each entry's offset, where the next entry (or the directory) starts; -1 for an
+    offset two entries share, so neither counts as read by a scan."""
+    offsets = sorted(info.header_offset for info in zf.infolist())
+    following = {}
+    for here, after in zip(offsets, [*offsets[1:], zf.start_dir], strict=True):
+        following[here] = -1 if here in following or here == after else after
+    return following
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
@@ -139,51 +156,173 @@ def append_file(archive: Path, name: str, data: bytes) -> None:
         zf.writestr(_new_info(name, PLAIN), data)
 
 
-def rewrite_zip(source: Path, dest: Path, limits: ArchiveLimits, drop: str) -> None:
-    """Copy `source` into `dest` under the names an unpacked tree would have (junk and a
-    wrapping folder gone), leaving out `drop`. Each file's compressed bytes are copied as
-    they are: inflating and deflating again cost seconds per 100 MB."""
-    with _open_zip(source) as zf, zipfile.ZipFile(dest, "w") as out:
+def plan_rewrite(source: Path, limits: ArchiveLimits, drop: str, name: str, data: bytes) -> ZipPlan:
+    """The zip to upload: `source` under the names an unpacked tree would have (junk and a
+    wrapping folder gone), less `drop`, plus the file `name`. Each entry's compressed bytes
+    stay where they are in `source` (checked by `check_zip` before): neither inflated and
+    deflated again nor written to a second file; only headers are made here."""
+    recorder = _Recorder()
+    with _open_zip(source) as zf, zipfile.ZipFile(recorder, "w") as out:
+        end = zf.start_dir
         for info, parts in checked_entries(zf, limits):
-            name = "/".join(parts)
-            if name == drop:
+            entry_name = "/".join(parts)
+            if entry_name == drop:
                 continue
             if info.is_dir():
-                out.writestr(_new_info(name + "/", EXECUTABLE, info.date_time), b"")
+                out.writestr(_new_info(entry_name + "/", EXECUTABLE, info.date_time), b"")
             else:
-                _copy_compressed(zf, info, out, name)
+                _refer_compressed(zf, info, out, recorder, entry_name, end)
+        out.writestr(_new_info(name, PLAIN), data)
+    return ZipPlan(source, recorder.parts())
 
 
-def _copy_compressed(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: zipfile.ZipFile, name: str
+def _refer_compressed(
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    out: zipfile.ZipFile,
+    recorder: _Recorder,
+    name: str,
+    end: int,
 ) -> None:
-    """Add `info`'s compressed bytes to `out` under `name`, with its CRC and sizes (checked
-    by `check_zip` before). zipfile has no call for it: this writes the local header with
-    zipfile's own `FileHeader` and registers the entry as `ZipFile.write` does."""
-    source, sink = zf.fp, out.fp
-    if source is None or sink is None:
-        raise UnsafeArchive("the zip was closed while being copied")
+    """Add to `out` a local header for `info` under `name`, with its CRC and sizes, and a
+    reference to its compressed bytes in the source. zipfile has no call for it: this writes
+    the header with zipfile's own `FileHeader` and registers the entry as `ZipFile.write` does."""
+    source = zf.fp
+    if source is None:
+        raise UnsafeArchive("the zip was closed while being read")
     source.seek(info.header_offset)
-    local = source.read(LOCAL_HEADER_SIZE)
-    if len(local) < LOCAL_HEADER_SIZE or local[:4] != LOCAL_HEADER:
+    local = source.read(HEADER.size)
+    if len(local) < HEADER.size or local[:4] != LOCAL_HEADER:
         raise UnsafeArchive(f"entry {info.filename!r} has no valid local header")
     name_length, extra_length = struct.unpack("<HH", local[26:30])
-    source.seek(info.header_offset + LOCAL_HEADER_SIZE + name_length + extra_length)
+    start = info.header_offset + HEADER.size + name_length + extra_length
+    if start + info.compress_size > end:
+        raise UnsafeArchive(f"entry {info.filename!r} is cut short")
     entry = _new_info(name, _mode_of(info), info.date_time, info.compress_type)
     entry.CRC, entry.compress_size, entry.file_size = info.CRC, info.compress_size, info.file_size
     zip64 = max(info.file_size, info.compress_size) > zipfile.ZIP64_LIMIT
-    entry.header_offset = sink.tell()
-    sink.write(entry.FileHeader(zip64))
-    left = info.compress_size
-    while left:
-        chunk = source.read(min(CHUNK, left))
-        if not chunk:
-            raise UnsafeArchive(f"entry {info.filename!r} is cut short")
-        sink.write(chunk)
-        left -= len(chunk)
+    entry.header_offset = recorder.tell()
+    recorder.write(entry.FileHeader(zip64))
+    recorder.refer(start, info.compress_size)
     out.filelist.append(entry)
     out.NameToInfo[name] = entry
-    out.start_dir = sink.tell()
+    out.start_dir = recorder.tell()
+
+
+Part = bytes | tuple[int, int]
+"""Bytes made for the new zip, or (offset, length): a range of the source zip."""
+
+
+class _Recorder:
+    """What zipfile writes of a new zip (headers, new entries, the central directory), kept
+    as bytes, with references to the source's ranges in between: write-only, unseekable, so
+    zipfile writes its entries with a data descriptor after them."""
+
+    def __init__(self) -> None:
+        self._parts: list[Part] = []
+        self._made = bytearray()
+        self._position = 0
+
+    def write(self, data: bytes, /) -> int:
+        self._made += data
+        self._position += len(data)
+        return len(data)
+
+    def refer(self, offset: int, length: int) -> None:
+        self._close_made()
+        if length:
+            self._parts.append((offset, length))
+        self._position += length
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def parts(self) -> tuple[Part, ...]:
+        self._close_made()
+        return tuple(self._parts)
+
+    def _close_made(self) -> None:
+        if self._made:
+            self._parts.append(bytes(self._made))
+            self._made = bytearray()
+
+
+@dataclass(frozen=True)
+class ZipPlan:
+    """A zip made of another zip's bytes and a few new ones, read in order when uploaded:
+    the new archive is never written to disk, and memory holds only its headers."""
+
+    source: Path
+    parts: tuple[Part, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(part) if isinstance(part, bytes) else part[1] for part in self.parts)
+
+    def open(self) -> PlanReader:
+        return PlanReader(self)
+
+    def read_bytes(self) -> bytes:
+        """The whole zip at once (tests, and small uploads)."""
+        with self.open() as reader:
+            return reader.read()
+
+
+class PlanReader:
+    """Reads a `ZipPlan` front to back like a file: the source's ranges from disk."""
+
+    def __init__(self, plan: ZipPlan) -> None:
+        self._parts = plan.parts
+        self.size = plan.size
+        self._file = plan.source.open("rb")
+        self._index = 0
+        self._offset = 0
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all that is left when negative); b"" only at the end."""
+        want = self.size - self._position if size < 0 else size
+        pieces: list[bytes] = []
+        got = 0
+        while got < want and self._index < len(self._parts):
+            piece = self._next_piece(want - got)
+            pieces.append(piece)
+            got += len(piece)
+        self._position += got
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _next_piece(self, most: int) -> bytes:
+        part = self._parts[self._index]
+        if isinstance(part, bytes):
+            piece, length = part[self._offset : self._offset + most], len(part)
+        else:
+            start, length = part
+            self._file.seek(start + self._offset)
+            piece = self._file.read(min(most, length - self._offset))
+            if not piece:
+                raise OSError(f"{self._file.name} is shorter than when it was checked")
+        self._offset += len(piece)
+        if self._offset == length:
+            self._index, self._offset = self._index + 1, 0
+        return piece
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> PlanReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def zip_to_tar(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
 
+from tests.support.fakes import zip_bytes, zip_names
 from tests.support.harness import (
     Pipeline,
     make_zip,
@@ -18,8 +20,10 @@ from tests.support.harness import (
 )
 from tests.support.services import Broker, FtpServer, Names
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
-from ulos_py.errors import ConfigError, StorageRefused
+from ulos_py.archive import ArchiveLimits
+from ulos_py.errors import ConfigError, StorageRefused, StorageUnavailable
 from ulos_py.node import run_node
+from ulos_py.zip_stream import plan_rewrite
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,3 +141,95 @@ async def test_a_server_without_epsv_costs_one_refusal_per_connection(
     sent = ftp_server.handler.commands - before
     assert (sent["EPSV"], sent["PASV"], sent["RETR"], sent["STOR"]) == (1, 6, 3, 3)
     assert ftp_server.get(remote) == b"zip bytes"
+
+
+async def test_a_planned_zip_is_uploaded_whole_again_after_a_refusal(
+    ftp_server: FtpServer, names: Names, tmp_path: Path
+) -> None:
+    """A zip made from the downloaded one as it is uploaded (a wrapped submission) is read
+    from its start again when the upload is retried."""
+    blob = random.Random(5).randbytes(3 << 20)
+    source = tmp_path / "task.zip"
+    source.write_bytes(zip_bytes({"hw/a.bin": blob, "hw/b.txt": "b"}))
+    plan = plan_rewrite(source, ArchiveLimits(), "out.txt", "out.txt", b"pass\n")
+    remote = f"/{names.prefix}/planned.zip"
+    ftp_server.put(remote, source.read_bytes())  # replaced, as a task's zip is
+    address = FtpAddress(ftp_server.host, ftp_server.port, ftp_server.username, ftp_server.password)
+    storage = FtpStorage(address, connections=1, retry=RetryPolicy(retries=2, first_delay=0.05))
+    ftp_server.handler.transient_store_failures["planned.zip"] = 1
+    try:
+        await storage.upload(plan, remote)
+    finally:
+        ftp_server.handler.transient_store_failures.pop("planned.zip")
+        await storage.close()
+
+    assert zip_names(ftp_server.get(remote)) == {"a.bin": blob, "b.txt": b"b", "out.txt": b"pass\n"}
+    assert ftp_server.get(remote) == plan.read_bytes()
+    assert [p.name for p in (ftp_server.root / names.prefix).iterdir()] == ["planned.zip"]
+
+
+class Recorder:
+    """A download's reader that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.data = bytearray()
+
+    def start(self) -> None:
+        self.starts += 1
+        self.data = bytearray()
+
+    def feed(self, block: bytes | bytearray) -> None:
+        self.data += block
+
+
+async def test_a_download_hands_its_reader_every_byte_in_order_once_per_attempt(
+    ftp_server: FtpServer, names: Names, tmp_path: Path
+) -> None:
+    """A large file is written in a worker thread block by block while the next blocks come
+    down; its reader (the zip check) gets each block after it is written, in order, and
+    starts again with a retried download."""
+    content = random.Random(9).randbytes(5 << 20)
+    remote = f"/{names.prefix}/big-{names.prefix}.zip"
+    ftp_server.put(remote, content)
+    ftp_server.handler.transient_failures[f"big-{names.prefix}.zip"] = 1
+    address = FtpAddress(ftp_server.host, ftp_server.port, ftp_server.username, ftp_server.password)
+    storage = FtpStorage(address, connections=1, retry=RetryPolicy(retries=2, first_delay=0.05))
+    reader = Recorder()
+    try:
+        await storage.download(remote, tmp_path / "task.zip", reader)
+    finally:
+        await storage.close()
+
+    assert reader.starts == 2  # the refused attempt, then the one that came down
+    assert bytes(reader.data) == content
+    assert (tmp_path / "task.zip").read_bytes() == content
+
+
+class FailingReader(Recorder):
+    """Fails on the download's second block, as a full disk fails a write."""
+
+    def feed(self, block: bytes | bytearray) -> None:
+        if self.data:
+            raise OSError(28, "No space left on device")
+        super().feed(block)
+
+
+async def test_a_write_that_fails_mid_download_fails_the_download_and_nothing_hangs(
+    ftp_server: FtpServer, names: Names, tmp_path: Path
+) -> None:
+    content = random.Random(11).randbytes(6 << 20)
+    remote = f"/{names.prefix}/full-disk.zip"
+    ftp_server.put(remote, content)
+    address = FtpAddress(ftp_server.host, ftp_server.port, ftp_server.username, ftp_server.password)
+    storage = FtpStorage(address, connections=1, retry=RetryPolicy(retries=0))
+    try:
+        with pytest.raises(StorageUnavailable, match="No space left"):
+            await asyncio.wait_for(
+                storage.download(remote, tmp_path / "a.zip", FailingReader()), 20
+            )
+        reader = Recorder()  # the next download, on a fresh connection, is whole
+        await asyncio.wait_for(storage.download(remote, tmp_path / "b.zip", reader), 20)
+    finally:
+        await storage.close()
+    assert bytes(reader.data) == content

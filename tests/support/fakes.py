@@ -28,7 +28,8 @@ from ulos_py.errors import (
 )
 from ulos_py.execution.containers import ContainerExit, ContainerSpec
 from ulos_py.models import Outcome, RoutingNode
-from ulos_py.ports import Envelope, ExecutionResult, TaskFiles, TimeoutPolicy
+from ulos_py.ports import BlockReader, Envelope, ExecutionResult, TaskFiles, TimeoutPolicy
+from ulos_py.zip_stream import ZipPlan
 
 Route = tuple[str, str]
 
@@ -157,13 +158,18 @@ class FakeStorage:
         self.downloads: list[str] = []
         self.uploads: list[str] = []
 
-    async def download(self, remote_path: str, local_file: Path) -> None:
+    async def download(
+        self, remote_path: str, local_file: Path, reader: BlockReader | None = None
+    ) -> None:
         if remote_path not in self.files:
             raise StorageRefused(f"550 {remote_path}: no such file")
         await asyncio.to_thread(local_file.write_bytes, self.files[remote_path])
+        if reader is not None:
+            reader.start()
+            reader.feed(self.files[remote_path])
         self.downloads.append(remote_path)
 
-    async def upload(self, local_file: Path, remote_path: str) -> None:
+    async def upload(self, local_file: Path | ZipPlan, remote_path: str) -> None:
         if self.fail_uploads:
             raise StorageUnavailable("421 service not available")
         self.files[remote_path] = await asyncio.to_thread(local_file.read_bytes)

@@ -66,6 +66,9 @@ class _TestHandler(FTPHandler):  # type: ignore[misc]
     refuse_epsv: ClassVar[bool] = False
     """Answer EPSV as a server without it does (500), so clients must use PASV."""
     transient_failures: ClassVar[dict[str, int]] = {}  # file name -> RETRs still to refuse with 450
+    transient_store_failures: ClassVar[dict[str, int]] = {}
+    """File name -> uploads still to refuse with 450 (STOR to the file, or to the temporary
+    name `.<name>.<random>.part` an atomic upload of it uses)."""
 
     def log(self, msg: str, logfun: object = None) -> None:
         pass
@@ -94,6 +97,15 @@ class _TestHandler(FTPHandler):  # type: ignore[misc]
             self.respond("450 Busy, try again.")
             return None
         return super().ftp_RETR(file)
+
+    def ftp_STOR(self, file: str, mode: str = "w") -> object:
+        name = Path(file).name
+        for target, left in self.transient_store_failures.items():
+            if left > 0 and (name == target or name.startswith(f".{target}.")):
+                self.transient_store_failures[target] -= 1
+                self.respond("450 Busy, try again.")
+                return None
+        return super().ftp_STOR(file, mode)
 
 
 @dataclass(frozen=True)

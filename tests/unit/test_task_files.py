@@ -16,6 +16,7 @@ from tests.support.fakes import zip_bytes, zip_names
 from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import ExecutionCrashed, UnsafeArchive
 from ulos_py.task_files import WorkspaceFiles
+from ulos_py.zip_stream import ZipPlan
 
 OUTPUT = "output_lab_check.txt"
 
@@ -53,6 +54,8 @@ async def test_a_wrapped_zip_is_uploaded_as_the_tree_would_have_been(tmp_path: P
     upload = await files.seal(OUTPUT, "out\n")
 
     assert zip_names(upload.read_bytes()) == {"main.py": b"x", OUTPUT: b"out\n"}
+    assert isinstance(upload, ZipPlan)  # uploaded from the zip as it came:
+    assert sorted(p.name for p in files.root.iterdir()) == ["task.zip"]  # no second copy
 
 
 async def test_an_earlier_output_of_the_same_stage_is_replaced(tmp_path: Path) -> None:
@@ -60,7 +63,7 @@ async def test_an_earlier_output_of_the_same_stage_is_replaced(tmp_path: Path) -
 
     upload = await files.seal(OUTPUT, "second run\n")
 
-    with zipfile.ZipFile(upload) as zf:
+    with zipfile.ZipFile(io.BytesIO(upload.read_bytes())) as zf:
         assert zf.namelist().count(OUTPUT) == 1
         assert zf.read(OUTPUT) == b"second run\n"
 

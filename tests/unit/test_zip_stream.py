@@ -16,7 +16,15 @@ import pytest
 from tests.support.fakes import zip_bytes, zip_names
 from ulos_py.archive import ArchiveLimits
 from ulos_py.errors import ExecutionCrashed, UnsafeArchive
-from ulos_py.zip_stream import append_file, check_zip, rewrite_zip, tar_to_zip, zip_to_tar
+from ulos_py.zip_scan import ZipScan
+from ulos_py.zip_stream import (
+    ZipPlan,
+    append_file,
+    check_zip,
+    plan_rewrite,
+    tar_to_zip,
+    zip_to_tar,
+)
 
 
 def write_zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
@@ -30,11 +38,23 @@ def listing(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
+def scanned(archive: Path, limits: ArchiveLimits, block: int) -> ZipScan:
+    """A scan fed `archive` as a download would, in blocks of `block` bytes."""
+    scan = ZipScan(limits)
+    data = archive.read_bytes()
+    for start in range(0, len(data), block):
+        scan.feed(data[start : start + block])
+    return scan
+
+
 def refused(archive: Path, match: str, limits: ArchiveLimits | None = None) -> None:
-    """check_zip refuses `archive` and writes nothing beside it."""
+    """check_zip refuses `archive` and writes nothing beside it; the same when a scan of the
+    download went before (split anywhere, or in large blocks)."""
     before = listing(archive.parent)
-    with pytest.raises(UnsafeArchive, match=match):
-        check_zip(archive, limits or ArchiveLimits())
+    limits = limits or ArchiveLimits()
+    for scan in (None, scanned(archive, limits, 7), scanned(archive, limits, 1 << 20)):
+        with pytest.raises(UnsafeArchive, match=match):
+            check_zip(archive, limits, scan)
     assert listing(archive.parent) == before
 
 
@@ -158,7 +178,9 @@ def test_append_leaves_the_entries_as_they_were(tmp_path: Path) -> None:
     }
 
 
-def test_rewrite_strips_wrapper_and_junk_and_drops_a_name(tmp_path: Path) -> None:
+def test_rewrite_strips_wrapper_and_junk_drops_a_name_and_adds_the_output(
+    tmp_path: Path,
+) -> None:
     big = bytes(range(256)) * 400
     source = write_zip(
         tmp_path / "t.zip",
@@ -175,18 +197,61 @@ def test_rewrite_strips_wrapper_and_junk_and_drops_a_name(tmp_path: Path) -> Non
     with zipfile.ZipFile(source) as zf:
         deflated_size = zf.getinfo("w/a.txt").compress_size
 
-    rewrite_zip(source, tmp_path / "new.zip", ArchiveLimits(), drop="out.txt")
+    plan = plan_rewrite(source, ArchiveLimits(), "out.txt", "out.txt", b"new")
+    made = tmp_path / "new.zip"
+    made.write_bytes(plan.read_bytes())
 
-    with zipfile.ZipFile(tmp_path / "new.zip") as zf:
-        assert sorted(zf.namelist()) == ["a.txt", "stored.bin"]
+    assert plan.size == made.stat().st_size
+    with zipfile.ZipFile(made) as zf:
+        assert sorted(zf.namelist()) == ["a.txt", "out.txt", "stored.bin"]
         assert zf.testzip() is None  # every CRC holds
         assert zf.getinfo("stored.bin").compress_type == zipfile.ZIP_STORED
         assert zf.getinfo("a.txt").compress_type == zipfile.ZIP_DEFLATED
         assert zf.getinfo("a.txt").compress_size == deflated_size  # copied, not deflated again
         assert zf.read("stored.bin") == big
-    check_zip(tmp_path / "new.zip", ArchiveLimits())
-    append_file(tmp_path / "new.zip", "out.txt", b"new")
-    assert zip_names((tmp_path / "new.zip").read_bytes())["out.txt"] == b"new"
+        assert zf.read("out.txt") == b"new"
+    assert check_zip(made, ArchiveLimits()).as_stored  # the next stage can add to it in place
+
+
+def test_a_plan_holds_headers_and_reads_the_entries_from_the_source(tmp_path: Path) -> None:
+    blob = random.Random(7).randbytes(3 << 20)
+    source = write_zip(tmp_path / "t.zip", [("w/a.bin", blob), ("w/b.bin", blob[:1000])])
+
+    plan = plan_rewrite(source, ArchiveLimits(), "out.txt", "out.txt", b"result\n")
+
+    made = sum(len(part) for part in plan.parts if isinstance(part, bytes))
+    assert made < 1000  # headers, the output entry, the central directory
+    with plan.open() as reader:  # read in blocks of any size, across the parts
+        blocks = [reader.read(4096)]
+        while block := reader.read(100_000):
+            blocks.append(block)
+    assert zip_names(b"".join(blocks)) == {
+        "a.bin": blob,
+        "b.bin": blob[:1000],
+        "out.txt": b"result\n",
+    }
+
+
+def test_a_plan_refuses_an_entry_whose_bytes_run_into_the_directory(tmp_path: Path) -> None:
+    data = bytearray(zip_bytes({"w/a.txt": "x" * 100, "w/b.txt": "y"}))
+    offset = data.index(b"PK\x01\x02")  # the first central directory record
+    size = struct.unpack_from("<I", data, offset + 20)[0]
+    struct.pack_into("<I", data, offset + 20, size + 10_000)  # its compressed size lies
+    source = tmp_path / "t.zip"
+    source.write_bytes(bytes(data))
+
+    with pytest.raises(UnsafeArchive, match="cut short"):
+        plan_rewrite(source, ArchiveLimits(), "out.txt", "out.txt", b"")
+
+
+def test_a_plan_whose_source_shrank_fails_to_read(tmp_path: Path) -> None:
+    source = write_zip(tmp_path / "t.zip", [("w/a.bin", random.Random(3).randbytes(50_000))])
+    plan: ZipPlan = plan_rewrite(source, ArchiveLimits(), "o", "o", b"")
+    with source.open("r+b") as file:
+        file.truncate(100)
+
+    with pytest.raises(OSError, match="shorter"):
+        plan.read_bytes()
 
 
 # --- zip to tar ------------------------------------------------------------------------

@@ -7,7 +7,10 @@ that is renamed over the target, so a reader never sees half a zip.
 
 Files stream between disk and socket in blocks, so memory does not grow with the zip. Disk
 writes and reads of a MiB go to a thread; a small task zip (one block) is written inline,
-where a thread hop would cost more than the page-cache copy it avoids.
+where a thread hop would cost more than the page-cache copy it avoids. A download's blocks
+are written in order by a worker thread while the next ones come down, and handed there to
+a reader (the zip's check, `ulos_py.zip_scan`), so checking a large zip overlaps its
+transfer. An upload reads a file, or the zip a `ZipPlan` makes from the downloaded one.
 
 With REMOTE_STORAGE_TLS each connection is explicit FTPS, all by aioftp: `upgrade_to_tls`
 sends AUTH TLS before the login (so the password only travels encrypted), then PBSZ 0 and
@@ -22,23 +25,29 @@ import asyncio
 import os
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import aioftp
 import structlog
 
 from ulos_py.errors import ConfigError, StorageError, StorageRefused, StorageUnavailable
+from ulos_py.ports import BlockReader
 from ulos_py.settings import ConnectionSettings, TlsOptions, tls_refusal
+from ulos_py.zip_stream import ZipPlan
 
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 16
 FILE_BLOCK = 1 << 20
 """Disk I/O unit for large files: big enough that a thread hop per block is cheap."""
+SPOOL_DEPTH = 2
+"""Blocks of a download waiting to be written at most."""
+READ_LIMIT = 256 << 10
+"""Stream buffer of a connection: bounds one read (see `FtpStorage._connect`)."""
 TIMEOUT = 30.0
 DISCARD_TIMEOUT = 5.0
 """Seconds a failed upload waits to remove its temporary file: the task's crash waits."""
@@ -76,12 +85,75 @@ class RetryPolicy:
         return [self.first_delay * 2**attempt for attempt in range(self.retries)]
 
 
-async def _read_block(source: BinaryIO) -> bytes:
-    """The next block: a small remainder inline, a MiB in a thread."""
-    remaining = os.fstat(source.fileno()).st_size - source.tell()
-    if remaining <= CHUNK:
+class _Source(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+
+async def _read_block(source: _Source, size: int) -> bytes:
+    """The next block of a source of `size` bytes: a small remainder inline, a MiB in a
+    thread."""
+    if size - source.tell() <= CHUNK:
         return source.read(CHUNK)
     return await asyncio.to_thread(source.read, FILE_BLOCK)
+
+
+@contextmanager
+def _open_upload(local: Path | ZipPlan) -> Iterator[tuple[_Source, int]]:
+    """The bytes to upload and how many: a file, or the zip a plan makes as it is read."""
+    if isinstance(local, ZipPlan):
+        with local.open() as plan:
+            yield plan, plan.size
+    else:
+        with local.open("rb") as file:
+            yield file, os.fstat(file.fileno()).st_size
+
+
+class _Spool:
+    """Writes a download's blocks to its file, and hands them to its reader, in a worker
+    thread and in order, while the loop reads on: a zip's check runs beside its download.
+    At most SPOOL_DEPTH blocks wait, so memory does not follow the file's size; a small
+    file (one block) is written right here, where a thread hop would cost more."""
+
+    def __init__(self, out: BinaryIO, reader: BlockReader | None) -> None:
+        self._out, self._reader = out, reader
+        self._room = asyncio.Semaphore(SPOOL_DEPTH)
+        self._last: asyncio.Future[None] | None = None
+
+    def _write(self, block: bytearray) -> None:
+        self._out.write(block)
+        if self._reader is not None:
+            self._reader.feed(block)
+
+    async def put(self, block: bytearray) -> None:
+        if self._last is None and len(block) <= CHUNK:
+            self._write(block)
+            return
+        await self._room.acquire()
+        if self._last is not None and self._last.done() and self._last.exception():
+            self._room.release()
+            await self._last  # a write failed: say so now
+        self._last = asyncio.ensure_future(self._after(self._last, block))
+
+    async def _after(self, previous: asyncio.Future[None] | None, block: bytearray) -> None:
+        try:
+            if previous is not None:
+                await previous
+            await asyncio.to_thread(self._write, block)
+        finally:
+            self._room.release()
+
+    async def finish(self) -> None:
+        """Wait until every block is written, raising the first write's error."""
+        if self._last is not None:
+            await self._last
+
+    async def abandon(self) -> None:
+        """Wait until the writes under way end, whatever they raise (the download failed)."""
+        if self._last is not None:
+            with suppress(BaseException):
+                await asyncio.shield(self._last)
 
 
 def _answer(exc: aioftp.StatusCodeError) -> str:
@@ -181,7 +253,11 @@ class FtpStorage:
         self._idle: list[_Client] = []
 
     async def _connect(self) -> _Client:
-        client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT)
+        # `limit` goes to asyncio's open_connection (aioftp hands extra keywords on, through
+        # siosocks when that is installed): a read on a data connection then returns up to
+        # 256 KiB, where the default limit made a 100 MB download 1600 reads of 64 KiB, each
+        # a task for its timeout. Larger limits saved no more CPU and cost RSS.
+        client = _Client(socket_timeout=TIMEOUT, connection_timeout=TIMEOUT, limit=READ_LIMIT)
         try:
             await client.connect(self._address.host, self._address.port)
             if self._tls is not None:
@@ -258,31 +334,38 @@ class FtpStorage:
             log.warning("storage_retry", reason=str(error), delay=delays[attempt])
             await asyncio.sleep(delays[attempt])
 
-    async def download(self, remote_path: str, local_file: Path) -> None:
+    async def download(
+        self, remote_path: str, local_file: Path, reader: BlockReader | None = None
+    ) -> None:
         async def fetch(client: aioftp.Client) -> None:
+            if reader is not None:
+                reader.start()
             with local_file.open("wb") as out:
-                pending = bytearray()
-                async with client.download_stream(remote_path) as stream:
-                    async for block in stream.iter_by_block(CHUNK):
-                        pending += block
-                        if len(pending) >= FILE_BLOCK:
-                            await asyncio.to_thread(out.write, pending)
-                            pending = bytearray()
-                if len(pending) > CHUNK:
-                    await asyncio.to_thread(out.write, pending)
-                else:
-                    out.write(pending)
+                spool = _Spool(out, reader)
+                try:
+                    pending = bytearray()
+                    async with client.download_stream(remote_path) as stream:
+                        async for block in stream.iter_by_block(FILE_BLOCK):
+                            pending += block
+                            if len(pending) >= FILE_BLOCK:
+                                await spool.put(pending)
+                                pending = bytearray()
+                    await spool.put(pending)
+                except BaseException:
+                    await spool.abandon()  # before the file closes under a write
+                    raise
+                await spool.finish()
 
         await self._attempt(f"download {remote_path}", fetch)
 
-    async def upload(self, local_file: Path, remote_path: str) -> None:
+    async def upload(self, local_file: Path | ZipPlan, remote_path: str) -> None:
         target = PurePosixPath(remote_path)
         partial = str(target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part"))
 
         async def store(client: aioftp.Client) -> None:
-            with local_file.open("rb") as source:
+            with _open_upload(local_file) as (source, size):
                 async with client.upload_stream(partial) as stream:
-                    while block := await _read_block(source):
+                    while block := await _read_block(source, size):
                         await stream.write(block)
             await client.rename(partial, remote_path)
 
