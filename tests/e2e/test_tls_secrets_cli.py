@@ -19,8 +19,9 @@ import pytest
 
 from tests.support.cli import ROOT, StartCli, settings_env
 from tests.support.harness import Pipeline, make_zip, node_values, pipeline, stage, task, zip_names
+from tests.support.ports import free_port
 from tests.support.services import Broker, FtpServer, Names
-from tests.support.tls_servers import Certificates, TlsBroker, free_port, secret
+from tests.support.tls_servers import Certificates, TlsBroker, secret
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -31,8 +31,9 @@ from tests.support.harness import (
     stage,
     task,
 )
+from tests.support.ports import free_port
 from tests.support.services import Broker, FtpServer, Names
-from tests.support.tls_servers import Certificates, TlsBroker, free_port, secret
+from tests.support.tls_servers import Certificates, TlsBroker, secret
 from ulos_py.adapters import rabbitmq
 from ulos_py.errors import BrokerUnavailable, ConfigError, UlosError
 from ulos_py.node import run_node

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import steady_port
 from tests.support.services import Broker
 
 RABBITMQ_SCRIPTS = Path(os.environ.get("ULOS_TEST_RABBITMQ_SCRIPTS", "/usr/lib/rabbitmq/bin"))
@@ -66,13 +66,6 @@ class PrivateBroker(Broker):
         return [name.strip() for name in lines if name.strip().startswith(prefix)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -91,7 +84,7 @@ def short_timeout_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         )
     home = tmp_path_factory.mktemp("short-timeout-broker")
     node = f"ulos-ct-{uuid.uuid4().hex[:8]}@localhost"
-    port = _free_port()
+    port = steady_port()
     (home / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{port}\n"
         "loopback_users = none\n"
@@ -109,7 +102,7 @@ def short_timeout_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         **keep,
         "HOME": str(home),  # its own Erlang cookie
         "RABBITMQ_NODENAME": node,
-        "RABBITMQ_DIST_PORT": str(_free_port()),
+        "RABBITMQ_DIST_PORT": str(steady_port()),
         "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
         "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),

@@ -33,6 +33,7 @@ from pyftpdlib.handlers import TLS_FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
+from tests.support.ports import steady_port
 from tests.support.services import Broker, FtpServer, _TestHandler, serve_in_thread
 
 RABBITMQ_SCRIPTS = Path(os.environ.get("ULOS_TEST_RABBITMQ_SCRIPTS", "/usr/lib/rabbitmq/bin"))
@@ -86,13 +87,6 @@ def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     client.private_key_pem.write_to_path(str(files.client_key_file))
     trustme.CA(organization_name="someone else").cert_pem.write_to_path(str(files.other_ca_file))
     return files
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --- the second broker ---------------------------------------------------------------------
@@ -194,10 +188,10 @@ def tls_broker(
         )
     home = tmp_path_factory.mktemp("tls-broker")
     node = f"ulos-tls-{uuid.uuid4().hex[:8]}@localhost"
-    port, username, password = free_port(), "ulos-tls", secret()
+    port, username, password = steady_port(), "ulos-tls", secret()
     (home / "rabbitmq.conf").write_text(_broker_config(port, tls_certificates, username, password))
     (home / "enabled_plugins").write_text("[].\n")
-    env = _broker_env(home, node, free_port())
+    env = _broker_env(home, node, steady_port())
     console = home / "console.log"
     with console.open("w") as out:
         process = subprocess.Popen(
