@@ -335,7 +335,7 @@ class Bench:
 
     async def window(self, kind: str, processes: Processes, orders: Connection | None) -> None:
         """One window: `quiet` sleeps, `decoy` and `flood` publish this cycle's cancels (to
-        the exchange the node does not read, or to its own)."""
+        the exchange the node does not read, or to its own), for at least as long."""
         start, cpu, load, host = time.monotonic(), processes.cpu(), load_average(), host_cpu()
         messages = 0
         if kind == "quiet":
@@ -350,6 +350,9 @@ class Bench:
                 raise RuntimeError("the flood publisher did not answer")
             orders.recv()
             messages = -(-count // self.args.batch)
+            # A short flood (a batched one is over in a second) is judged over a window as
+            # long as a quiet one: its cost spread over that much work, not over a moment.
+            await asyncio.sleep(max(0.0, start + self.args.quiet_seconds - time.monotonic()))
         end, used, host_after = time.monotonic(), processes.cpu(), host_cpu()
         spent = {name: round(used[name] - cpu[name], 2) for name in used}
         busy, total = host_after[0] - host[0], host_after[1] - host[1]
@@ -428,6 +431,8 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
     slowdown: dict[str, list[float]] = {"decoy": [], "flood": []}
     per_message, core_share, flood_vs_decoy, cpu_vs_decoy = [], [], [], []
     for before, decoy, flood, after in cycles_of(report["windows"]):
+        if not (before["tasks"] and after["tasks"] and flood["tasks"]):
+            continue  # a window without a task done says nothing of their cost
         quiet_cpt = (before["node_cpu_per_task_ms"] + after["node_cpu_per_task_ms"]) / 2
         quiet_rate = (before["rate"] + after["rate"]) / 2
         for window in (decoy, flood):
@@ -443,7 +448,7 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
         if decoy is not None and decoy["rate"] and flood["tasks"]:
             flood_vs_decoy.append(1 - flood["rate"] / decoy["rate"])
             cpu_vs_decoy.append(flood["node_cpu_per_task_ms"] / decoy["node_cpu_per_task_ms"] - 1)
-    quiet = [w for w in report["windows"] if w["kind"] == "quiet"]
+    quiet = [w for w in report["windows"] if w["kind"] == "quiet" and w["tasks"]]
     noise_cpu = [
         b["node_cpu_per_task_ms"] / a["node_cpu_per_task_ms"] - 1
         for a, b in itertools.pairwise(quiet)
