@@ -2,42 +2,54 @@
 """A flood of cancellations against a real `ulos-py node`: does it slow the node's tasks, and
 how much memory does the node's memory of cancellations take? (SPEC §8, issue point 7)
 
-    python benchmarks/cancel_flood.py [--tasks 1500] [--cancels 100000] [--flood-rate 0] [--json]
-    python benchmarks/cancel_flood.py --cancels 20000 --tasks 300 --skip-restart   # ~2 minutes
+    python benchmarks/cancel_flood.py [--cancels 100000] [--cycles 3] [--flood-rate 0] [--json]
+    python benchmarks/cancel_flood.py --cancels 20000 --skip-restart   # ~2-3 minutes
 
 1. In process: a `CancellationMemory` at its default limit, filled with `--cancels` and then
    as many again: its size stays at the limit; bytes per entry by tracemalloc.
-2. A real node (one process, prefetch 20, built-in `skip` stage, 10 KiB zips over FTP):
-   - quiet: the rate of `--tasks` tasks with no cancel in sight;
-   - flood: the same while another process publishes `--cancels` cancels of other tasks
-     (confirmed, `--batch` ids to a message, at most `--flood-rate` messages a second, or
-     as fast as the broker takes them), which the node reads from the stream;
-   - restarted: a new node that reads the whole flood from the stream at start, then the
-     quiet run again with a full memory.
-   The node's RSS is read from /proc before and after each phase, and its CPU every 0.25 s.
+2. A real node (one process, prefetch 20, built-in `skip` stage, 10 KiB zips over FTP) fed
+   tasks without a pause (`--depth` waiting or running at all times), through alternating
+   windows, `--cycles` times, and one quiet window more at the end:
+   - quiet: `--quiet-seconds` with no cancel in sight;
+   - decoy: another process publishes `--cancels`/`--cycles` cancels to a second exchange
+     and stream that the node does not read: the broker and the publisher work as in a
+     flood, the node reads nothing (what the flood costs the machine, not the node);
+   - flood: the same cancels to the node's own exchange and stream, which the node reads;
+   each followed by `--settle` seconds not counted (a flood's last messages, still read).
+   Cancels are confirmed, `--batch` ids to a message, at most `--flood-rate` messages a
+   second (0: as fast as the broker confirms them).
+   - restarted: a new node that reads every flood from the stream at start, then a quiet
+     window with a full memory.
+   Per window: tasks done and their rate, and the CPU seconds (from /proc) of the node, the
+   broker, the publisher, the FTP server and this harness; the node's RSS every 0.5 s.
 
-Verdicts, for the window in which the flood and the tasks both ran: the node's CPU per task
-(what the flood costs the node itself, robust to other processes on the machine) and its
-rate, each within 10 % of the quiet phase's; and the node's RSS growth within what the
-README states. On a shared 2-core machine the publisher and the broker compete with the
-node for the same cores, so the rate is disturbed by the flood's other costs too: the report
-gives their CPU and the machine's load average.
+Verdicts compare each decoy and flood window with the mean of the quiet windows either side
+of its cycle (load drifts: neighbours are the fairest baseline), as medians over the cycles
+with their range: the node's CPU per task (what the flood costs the node itself, robust to
+other processes on the machine) and its rate, each within 10 %; and the node's RSS growth
+within what the README states. Quiet against the next quiet window gives the noise floor of
+both figures on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
 import uuid
+from collections.abc import Iterator
 from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +67,10 @@ from bench_fixtures import (
     delete_topology,
     ftp_server,
     make_zip,
-    place_zips,
-    publish_tasks,
     say,
 )
 from node_throughput import REGISTRY, NodeProcess
-from proc_probes import cpu_seconds, rss_mib
+from proc_probes import broker_pid, cpu_seconds, host_cpu, rss_mib
 
 from ulos_py.cancellation import (
     DEFAULT_MAX_ENTRIES,
@@ -79,7 +89,6 @@ FLOOD_IN_FLIGHT = 500
 def memory_footprint(count: int) -> dict[str, float]:
     """Bytes a full memory takes, per entry, with realistic ids, names and reasons."""
     tracemalloc.start()
-    before = tracemalloc.take_snapshot()
     memory = CancellationMemory()
     for n in range(count):
         memory.remember(Cancellation.now(f"sub-{n:07d}-lab3", "instructor@lab-host", "resubmitted"))
@@ -92,7 +101,6 @@ def memory_footprint(count: int) -> dict[str, float]:
         memory.lookup(f"sub-{n:07d}-lab4")
     lookup_ns = (time.perf_counter() - started) / 100_000 * 1e9
     tracemalloc.stop()
-    del before
     return {
         "entries": len(memory),
         "limit": DEFAULT_MAX_ENTRIES,
@@ -103,13 +111,13 @@ def memory_footprint(count: int) -> dict[str, float]:
     }
 
 
-def flood(
-    url: str, exchange: str, count: int, prefix: str, batch: int, rate: float, result: Any
-) -> None:
-    """Process target: publish `count` confirmed cancels of tasks nobody runs, `batch` task
-    ids to a message (1000: what one `ulos-py cancel` of many ids sends; 1: what as many
-    separate commands or tracker calls send), at most `rate` messages a second (0: as fast
-    as the broker confirms them)."""
+async def publish_flood(
+    exchange: aio_pika.abc.AbstractExchange, count: int, prefix: str, batch: int, rate: float
+) -> float:
+    """Publish `count` confirmed cancels of tasks nobody runs, `batch` task ids to a message
+    (1000: what one `ulos-py cancel` of many ids sends; 1: what as many separate commands or
+    programs send), at most `rate` messages a second (0: as fast as the broker confirms
+    them); the seconds it took."""
 
     def body(start: int) -> bytes:
         now = Cancellation.now("-", "flood@bench", "flood")  # one who, why and when a batch
@@ -119,62 +127,126 @@ def flood(
         ]
         return json.dumps(made[0].body() if len(made) == 1 else batch_body(made)).encode()
 
+    started = time.monotonic()
+    starts = list(range(0, count, batch))
+    step = FLOOD_IN_FLIGHT if not rate else max(1, round(rate / 10))  # 10 steps a second
+    for first in range(0, len(starts), step):
+        await asyncio.gather(
+            *(
+                exchange.publish(aio_pika.Message(body(start), delivery_mode=2), "")
+                for start in starts[first : first + step]
+            )
+        )
+        if rate:  # on schedule, not faster
+            ahead = started + (first + step) / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    return time.monotonic() - started
+
+
+def publisher_main(url: str, orders: Connection) -> None:
+    """Process target: one connection for the whole run; each order (exchange, count, prefix,
+    batch, rate) is a flood, answered with its seconds; None ends it."""
+
     async def run() -> None:
         connection = await aio_pika.connect(url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
-            target = await channel.get_exchange(exchange)
-            started, cpu = time.monotonic(), time.process_time()
-            starts = list(range(0, count, batch))
-            step = FLOOD_IN_FLIGHT if not rate else max(1, round(rate / 10))  # 10 steps a second
-            for first in range(0, len(starts), step):
-                await asyncio.gather(
-                    *(
-                        target.publish(aio_pika.Message(body(start), delivery_mode=2), "")
-                        for start in starts[first : first + step]
-                    )
-                )
-                if rate:  # on schedule, not faster
-                    ahead = started + (first + step) / rate - time.monotonic()
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-            result.send((time.monotonic() - started, time.process_time() - cpu))
+            while (order := await asyncio.to_thread(orders.recv)) is not None:
+                name, count, prefix, batch, rate = order
+                exchange = await channel.get_exchange(name, ensure=False)
+                orders.send(await publish_flood(exchange, count, prefix, batch, rate))
 
     asyncio.run(run())
 
 
-class CpuTrace:
-    """A process's CPU seconds sampled every `period` seconds, to read any window of it."""
+class Feeder:
+    """Keeps `depth` tasks waiting or running on the node at all times, each on a zip path of
+    its own; a path is used again (its zip written afresh: the node adds its output to it)
+    once its task has come out at `done`."""
 
-    def __init__(self, pid: int, period: float = 0.25) -> None:
-        self._pid = pid
-        self._period = period
-        self.samples: list[tuple[float, float]] = []
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, topology: Topology, root: Path, data: bytes, depth: int) -> None:
+        self.topology = topology
+        self.root = root
+        self.data = data
+        self.depth = depth
+        folder = root / "bench" / "flood"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.free = [f"/bench/flood/task-{i:05d}.zip" for i in range(2 * depth)]
+        for path in self.free:
+            self._restore(path)
+        self.busy: dict[str, str] = {}
+        self.arrivals: list[float] = []
+        self.published = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+    def _restore(self, path: str) -> None:
+        (self.root / path.lstrip("/")).write_bytes(self.data)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        self.samples.append((time.monotonic(), cpu_seconds(self._pid)))
-
-    async def _run(self) -> None:
+    async def run(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        exchange = await channel.get_exchange(self.topology.processing, ensure=False)
         while True:
-            self.samples.append((time.monotonic(), cpu_seconds(self._pid)))
-            await asyncio.sleep(self._period)
+            batch = []
+            while len(self.busy) < self.depth and self.free:
+                path = self.free.pop()
+                task = self.topology.task("t", self.published, path)
+                self.published += 1
+                self.busy[task["taskId"]] = path
+                batch.append(json.dumps(task).encode())
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(body, content_type="application/json", delivery_mode=2),
+                        self.topology.stage,
+                    )
+                    for body in batch
+                )
+            )
+            await asyncio.sleep(0.1)
 
-    def between(self, start: float, end: float) -> float:
-        """CPU seconds used from `start` to `end` (the nearest samples inside the window)."""
-        inside = [cpu for at, cpu in self.samples if start <= at <= end]
-        return inside[-1] - inside[0] if len(inside) > 1 else 0.0
+    async def arrived(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.arrivals.append(time.monotonic())
+        path = self.busy.pop(json.loads(message.body)["taskId"], None)
+        if path is not None:
+            self._restore(path)
+            self.free.append(path)
+
+    def done_between(self, start: float, end: float) -> int:
+        return sum(1 for at in self.arrivals if start <= at < end)
 
 
-def load_average() -> list[float]:
-    return [round(x, 1) for x in os.getloadavg()]
+@dataclass
+class Processes:
+    """The processes whose CPU each window reads (0: not known, read as no CPU)."""
+
+    node: int
+    broker: int
+    publisher: int
+    ftp: int
+    harness: int = field(default_factory=os.getpid)
+
+    def cpu(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) if pid else 0.0 for name, pid in vars(self).items()}
+
+
+class RssWatch:
+    """The node's RSS every 0.5 s: its peak over the run."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.peak = 0.0
+        self.first: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            rss = rss_mib(self.pid) if self.pid else None
+            if rss is not None:
+                self.first = rss if self.first is None else self.first
+                self.peak = max(self.peak, rss)
+            await asyncio.sleep(0.5)
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 class Bench:
@@ -186,8 +258,12 @@ class Bench:
         self.topology = Topology(f"bench-{uuid.uuid4().hex[:8]}")
         self.cancel_exchange = self.topology.queue("cancellations")
         self.cancel_stream = self.topology.queue("cancel-stream")
-        self.zip = make_zip(1)
-        self.round = 0
+        self.decoy_exchange = self.topology.queue("decoy-cancellations")
+        self.decoy_stream = self.topology.queue("decoy-stream")
+        self.feeder = Feeder(self.topology, ftp.root, make_zip(1), args.depth)
+        self.rss = RssWatch()
+        self.windows: list[dict[str, Any]] = []
+        self.nodes = 0
 
     def node_env(self) -> dict[str, str]:
         env = {
@@ -224,106 +300,194 @@ class Bench:
     async def start_node(self, channel: aio_pika.abc.AbstractChannel) -> tuple[NodeProcess, float]:
         """The node, once it consumes; and how long it took (reading the stream included)."""
         started = time.monotonic()
-        node = await NodeProcess.start(self.node_env(), self.tmp / f"node-{self.round}.log")
+        self.nodes += 1
+        node = await NodeProcess.start(self.node_env(), self.tmp / f"node-{self.nodes}.log")
         underlay = await channel.get_underlay_channel()
         while True:
             declared = await underlay.queue_declare(self.topology.queue("input"), passive=True)
             if declared.consumer_count:
+                self.rss.pid = node.pid
                 return node, time.monotonic() - started
             if node.exited():
                 raise RuntimeError(f"the node stopped: see {node.log_path}")
             await asyncio.sleep(0.05)
 
-    async def run_tasks(
-        self, channel: aio_pika.abc.AbstractChannel, node: NodeProcess, with_flood: bool
-    ) -> dict[str, Any]:
-        """Publish the tasks (the queue fills faster than the node drains it), count them in
-        `done`; with a flood, the rate counts only arrivals while the flood ran."""
-        self.round += 1
-        label = f"r{self.round}"
-        paths = place_zips(self.ftp.root, label, self.args.tasks, self.zip)
-        bodies = [
-            json.dumps(self.topology.task(label, i, path)).encode() for i, path in enumerate(paths)
-        ]
-        done = await channel.get_queue(self.topology.queue("done"))
-        arrivals: list[float] = []
-        all_done, first_arrival = asyncio.Event(), asyncio.Event()
+    async def declare_streams(
+        self, connection: aio_pika.abc.AbstractConnection, stack: AsyncExitStack
+    ) -> None:
+        """The node's exchange and stream, and the decoy's; deleted with `stack`."""
+        pairs = (
+            (self.cancel_exchange, self.cancel_stream),
+            (self.decoy_exchange, self.decoy_stream),
+        )
+        channel = await connection.channel()
+        for exchange, stream in pairs:
+            await declare_cancellations(channel, exchange, stream)
 
-        async def arrived(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            arrivals.append(time.monotonic())
-            first_arrival.set()
-            if len(arrivals) == len(bodies):
-                all_done.set()
+        async def forget() -> None:
+            with suppress(aio_pika.exceptions.AMQPError):
+                extra = await connection.channel()
+                for exchange, stream in pairs:
+                    await extra.queue_delete(stream)
+                    await extra.exchange_delete(exchange)
 
-        tag = await done.consume(arrived, no_ack=True)
-        rss_before, cpu_before = rss_mib(node.pid), cpu_seconds(node.pid)
-        load_before = load_average()
-        trace = CpuTrace(node.pid)
-        trace.start()
-        await publish_tasks(channel, self.topology, bodies)
-        flood_window: tuple[float, float] | None = None
-        flood_cpu = None
-        if with_flood:
-            await first_arrival.wait()
-            ctx = multiprocessing.get_context("spawn")
-            receiver, sender = ctx.Pipe(duplex=False)
-            began = time.monotonic()
-            process = ctx.Process(
-                target=flood,
-                args=(
-                    self.broker.url,
-                    self.cancel_exchange,
-                    self.args.cancels,
-                    self.topology.prefix,
-                    self.args.batch,
-                    self.args.flood_rate,
-                    sender,
-                ),
-            )
-            process.start()
-            await asyncio.to_thread(process.join)
-            if not receiver.poll():
-                raise RuntimeError(f"the flood publisher failed (exit code {process.exitcode})")
-            seconds, flood_cpu = receiver.recv()
-            flood_window = (began, began + seconds)
-        await asyncio.wait_for(all_done.wait(), 600)
-        await done.cancel(tag)
-        await asyncio.sleep(1)  # the node settles what it heard
-        await trace.stop()
-        rss_after, cpu_after = rss_mib(node.pid), cpu_seconds(node.pid)
-        first, last = arrivals[0], arrivals[-1]
-        # A batched flood is over in a moment: its cost shows over the whole phase.
-        window = flood_window if flood_window and self.args.batch == 1 else (first, last)
-        inside = [t for t in arrivals if window[0] <= t <= window[1]]
-        span = min(window[1], last) - max(window[0], first)
-        both = (max(window[0], first), min(window[1], last))
-        window_cpu = trace.between(*both)
-        result: dict[str, Any] = {
-            "tasks": len(arrivals),
-            "rate": round(len(inside) / span, 1) if span > 0 else None,
-            "node_cpu_per_task_ms": round(window_cpu / len(inside) * 1000, 2) if inside else None,
-            "rss_before_mib": rss_before,
-            "rss_after_mib": rss_after,
-            "node_cpu_s": round(cpu_after - cpu_before, 2),
-            "load_average": [load_before, load_average()],
+        stack.push_async_callback(forget)
+
+    async def window(self, kind: str, processes: Processes, orders: Connection | None) -> None:
+        """One window: `quiet` sleeps, `decoy` and `flood` publish this cycle's cancels (to
+        the exchange the node does not read, or to its own), for at least as long."""
+        start, cpu, load, host = time.monotonic(), processes.cpu(), load_average(), host_cpu()
+        messages = 0
+        if kind == "quiet":
+            await asyncio.sleep(self.args.quiet_seconds)
+        else:
+            assert orders is not None
+            count = -(-self.args.cancels // self.args.cycles)
+            exchange = self.cancel_exchange if kind == "flood" else self.decoy_exchange
+            prefix = f"{self.topology.prefix}-{kind}{len(self.windows)}"
+            orders.send((exchange, count, prefix, self.args.batch, self.args.flood_rate))
+            if not await asyncio.to_thread(orders.poll, 3600):
+                raise RuntimeError("the flood publisher did not answer")
+            orders.recv()
+            messages = -(-count // self.args.batch)
+            # A short flood (a batched one is over in a second) is judged over a window as
+            # long as a quiet one: its cost spread over that much work, not over a moment.
+            await asyncio.sleep(max(0.0, start + self.args.quiet_seconds - time.monotonic()))
+        end, used, host_after = time.monotonic(), processes.cpu(), host_cpu()
+        spent = {name: round(used[name] - cpu[name], 2) for name in used}
+        busy, total = host_after[0] - host[0], host_after[1] - host[1]
+        tasks = self.feeder.done_between(start, end)
+        seconds = end - start
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "seconds": round(seconds, 1),
+            "tasks": tasks,
+            "rate": round(tasks / seconds, 1),
+            "node_cpu_per_task_ms": round(spent["node"] / tasks * 1000, 2) if tasks else None,
+            "cpu_s": spent,
+            "load": [load, load_average()],
+            # of both cores: all busy, and the part no process of this run used
+            "host_busy_percent": round(100 * busy / total, 1) if total else None,
+            "others_percent": round(100 * max(0.0, busy - sum(spent.values())) / total, 1)
+            if total
+            else None,
         }
-        if flood_window is not None:
-            result["flood_seconds"] = round(flood_window[1] - flood_window[0], 1)
-            result["flood_messages_per_s"] = round(
-                -(-self.args.cancels // self.args.batch) / (flood_window[1] - flood_window[0])
-            )
-            result["flood_publisher_cpu_s"] = round(flood_cpu or 0, 1)
-            result["tasks_during_flood"] = len(inside)
-            result["tasks_finished_before_flood_ended"] = last < flood_window[1]
-        return result
+        if messages:
+            entry["messages"] = messages
+            entry["messages_per_s"] = round(messages / seconds)
+        if kind != "quiet":  # the node may still read the flood's last messages
+            settle, before = time.monotonic(), cpu_seconds(processes.node)
+            await asyncio.sleep(self.args.settle)
+            entry["settle_node_cpu_s"] = round(cpu_seconds(processes.node) - before, 2)
+            entry["settle_tasks"] = self.feeder.done_between(settle, time.monotonic())
+        self.windows.append(entry)
+        say(f"{kind}: {entry}")
+
+
+Window = dict[str, Any]
+
+
+def start_publisher(url: str, stack: AsyncExitStack) -> tuple[Connection, int]:
+    """The flood publisher's process, stopped with `stack`: its end of the pipe, its pid."""
+    ctx = multiprocessing.get_context("spawn")
+    orders, their_end = ctx.Pipe()
+    publisher = ctx.Process(target=publisher_main, args=(url, their_end), daemon=True)
+    publisher.start()
+
+    def stop() -> None:
+        with suppress(OSError):
+            orders.send(None)
+        publisher.join(30)
+        if publisher.is_alive():
+            publisher.kill()
+
+    stack.callback(stop)
+    return orders, publisher.pid or 0
+
+
+def cycles_of(windows: list[Window]) -> Iterator[tuple[Window, Window | None, Window, Window]]:
+    """(quiet before, decoy or None, flood, quiet after) for each cycle."""
+    quiet = [i for i, w in enumerate(windows) if w["kind"] == "quiet"]
+    for before, after in itertools.pairwise(quiet):
+        inside = {w["kind"]: w for w in windows[before + 1 : after]}
+        if "flood" in inside:
+            yield windows[before], inside.get("decoy"), inside["flood"], windows[after]
+
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    """Median and range, rounded: what every figure over the cycles is quoted as."""
+    if not values:
+        return None
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, Any]:
+    """Each decoy and flood window against the mean of its cycle's quiet windows."""
+    cpu_extra: dict[str, list[float]] = {"decoy": [], "flood": []}
+    slowdown: dict[str, list[float]] = {"decoy": [], "flood": []}
+    per_message, core_share, flood_vs_decoy, cpu_vs_decoy = [], [], [], []
+    for before, decoy, flood, after in cycles_of(report["windows"]):
+        if not (before["tasks"] and after["tasks"] and flood["tasks"]):
+            continue  # a window without a task done says nothing of their cost
+        quiet_cpt = (before["node_cpu_per_task_ms"] + after["node_cpu_per_task_ms"]) / 2
+        quiet_rate = (before["rate"] + after["rate"]) / 2
+        for window in (decoy, flood):
+            if window is None or not window["tasks"]:
+                continue
+            cpu_extra[window["kind"]].append(window["node_cpu_per_task_ms"] / quiet_cpt - 1)
+            slowdown[window["kind"]].append(1 - window["rate"] / quiet_rate)
+        # What the node spent on the cancels: its CPU beyond its tasks' at the quiet cost.
+        spent = flood["cpu_s"]["node"] + flood["settle_node_cpu_s"]
+        spent -= (flood["tasks"] + flood["settle_tasks"]) * quiet_cpt / 1000
+        per_message.append(max(0.0, spent) / flood["messages"] * 1e6)
+        core_share.append(max(0.0, spent) / (flood["seconds"] + report["settle_seconds"]))
+        if decoy is not None and decoy["rate"] and flood["tasks"]:
+            flood_vs_decoy.append(1 - flood["rate"] / decoy["rate"])
+            cpu_vs_decoy.append(flood["node_cpu_per_task_ms"] / decoy["node_cpu_per_task_ms"] - 1)
+    quiet = [w for w in report["windows"] if w["kind"] == "quiet" and w["tasks"]]
+    noise_cpu = [
+        b["node_cpu_per_task_ms"] / a["node_cpu_per_task_ms"] - 1
+        for a, b in itertools.pairwise(quiet)
+    ]
+    noise_rate = [1 - b["rate"] / a["rate"] for a, b in itertools.pairwise(quiet)]
+    out: dict[str, Any] = {
+        "flood_cpu_per_task_extra": spread(cpu_extra["flood"]),
+        "flood_rate_slowdown": spread(slowdown["flood"]),
+        "decoy_cpu_per_task_extra": spread(cpu_extra["decoy"]),
+        "decoy_rate_slowdown": spread(slowdown["decoy"]),
+        "flood_rate_slowdown_against_decoy": spread(flood_vs_decoy),
+        "flood_cpu_per_task_extra_against_decoy": spread(cpu_vs_decoy),
+        "noise_cpu_per_task_quiet_to_quiet": spread(noise_cpu),
+        "noise_rate_quiet_to_quiet": spread(noise_rate),
+        "node_cpu_per_message_us": spread(per_message),
+        "node_core_share_on_cancels": spread(core_share),
+    }
+    extra, slow = out["flood_cpu_per_task_extra"], out["flood_rate_slowdown"]
+    out["cpu_ok"] = extra is not None and extra["median"] <= MAX_SLOWDOWN
+    out["rate_ok"] = slow is not None and slow["median"] <= MAX_SLOWDOWN
+    if "restarted" in report:
+        restarted = report["restarted"]
+        quiet_cpt = statistics.mean(w["node_cpu_per_task_ms"] for w in quiet)
+        out["restarted_cpu_per_task_extra"] = round(
+            restarted["node_cpu_per_task_ms"] / quiet_cpt - 1, 3
+        )
+    out["rss_growth_mib"] = round(report["rss_peak_mib"] - report["rss_first_mib"], 1)
+    out["rss_ok"] = out["rss_growth_mib"] <= MEMORY_LIMIT_MIB
+    return out
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
-        "memory": memory_footprint(args.cancels),
+        "memory": memory_footprint(min(args.cancels, DEFAULT_MAX_ENTRIES)),
         "flood_cancels": args.cancels,
+        "cycles": args.cycles,
         "ids_per_message": args.batch,
         "flood_rate_limit": args.flood_rate or None,
+        "settle_seconds": args.settle,
     }
     say(f"memory: {report['memory']}")
     broker = Broker.parse(args.broker_url)
@@ -337,31 +501,48 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         channel = await connection.channel()
         await declare_topology(channel, bench.topology)
         stack.push_async_callback(delete_topology, broker, bench.topology)
-        await declare_cancellations(channel, bench.cancel_exchange, bench.cancel_stream)
+        await bench.declare_streams(connection, stack)
+        orders, publisher_pid = start_publisher(broker.url, stack)
+        background = [asyncio.create_task(bench.rss.run())]
+        done = await channel.get_queue(bench.topology.queue("done"))
+        tag = await done.consume(bench.feeder.arrived, no_ack=True)
+        background.append(asyncio.create_task(bench.feeder.run(channel)))
 
-        async def forget_cancellations() -> None:
+        async def stop_background() -> None:
             with suppress(aio_pika.exceptions.AMQPError):
-                extra = await connection.channel()
-                await extra.queue_delete(bench.cancel_stream)
-                await extra.exchange_delete(bench.cancel_exchange)
+                await done.cancel(tag)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
-        stack.push_async_callback(forget_cancellations)
+        stack.push_async_callback(stop_background)
 
         node, _ = await bench.start_node(channel)
         stack.push_async_callback(node.stop)  # also on an error (stopping twice is harmless)
-        report["quiet"] = await bench.run_tasks(channel, node, with_flood=False)
-        say(f"quiet: {report['quiet']}")
-        report["flood"] = await bench.run_tasks(channel, node, with_flood=True)
-        say(f"flood: {report['flood']}")
+        processes = Processes(node.pid, broker_pid(broker.port) or 0, publisher_pid, ftp.pid)
+        if not processes.broker:
+            say("the broker's process was not found: its CPU reads as 0")
+        await asyncio.sleep(args.settle)  # the node's first tasks: its start is not measured
+        kinds = (("decoy",) if not args.no_decoy else ()) + ("flood",)
+        for _ in range(args.cycles):
+            await bench.window("quiet", processes, orders)
+            for kind in kinds:
+                await bench.window(kind, processes, orders)
+        await bench.window("quiet", processes, orders)
+        report["windows"] = bench.windows
         await node.stop()
         if not args.skip_restart:
             node, start_seconds = await bench.start_node(channel)
             stack.push_async_callback(node.stop)
-            report["restarted"] = await bench.run_tasks(channel, node, with_flood=False)
+            processes.node = node.pid
+            await asyncio.sleep(args.settle)
+            await bench.window("quiet", processes, orders)
+            report["restarted"] = bench.windows.pop()
             report["restarted"]["start_seconds"] = round(start_seconds, 1)
-            say(f"restarted: {report['restarted']}")
             report["restarted"]["cancellations_known"] = known_count(node.log_path)
             await node.stop()
+        report["rss_first_mib"] = bench.rss.first
+        report["rss_peak_mib"] = bench.rss.peak
     report["verdicts"] = verdicts(report)
     return report
 
@@ -375,46 +556,21 @@ def known_count(log_path: Path) -> int | None:
     return None
 
 
-def verdicts(report: dict[str, Any]) -> dict[str, Any]:
-    """Each phase against the quiet one: the rate, and the node's CPU per task (both over
-    the window in which the flood and the tasks ran together)."""
-    quiet = report["quiet"]
-    out: dict[str, Any] = {}
-    phases = [p for p in ("flood", "restarted") if p in report]
-    for phase in phases:
-        rate, cpu = report[phase]["rate"], report[phase]["node_cpu_per_task_ms"]
-        slowdown = 1 - rate / quiet["rate"] if quiet["rate"] and rate else None
-        out[f"{phase}_slowdown"] = None if slowdown is None else round(slowdown, 3)
-        out[f"{phase}_rate_ok"] = slowdown is not None and slowdown <= MAX_SLOWDOWN
-        extra = (
-            cpu / quiet["node_cpu_per_task_ms"] - 1
-            if cpu and quiet["node_cpu_per_task_ms"]
-            else None
-        )
-        out[f"{phase}_cpu_per_task_extra"] = None if extra is None else round(extra, 3)
-        out[f"{phase}_cpu_ok"] = extra is not None and extra <= MAX_SLOWDOWN
-    per_task = quiet["node_cpu_s"] / quiet["tasks"]
-    spent = report["flood"]["node_cpu_s"] - per_task * report["flood"]["tasks"]
-    messages = -(-report["flood_cancels"] // report["ids_per_message"])
-    out["node_cpu_per_message_us"] = round(max(0.0, spent) / messages * 1e6) if messages else None
-    base = quiet["rss_before_mib"] or 0
-    peak = max(report[p]["rss_after_mib"] or 0 for p in phases)
-    out["rss_growth_mib"] = round(peak - base, 1)
-    out["rss_ok"] = peak - base <= MEMORY_LIMIT_MIB
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672/")
-    parser.add_argument("--tasks", type=int, default=1500)
-    parser.add_argument("--cancels", type=int, default=100_000)
+    parser.add_argument("--cancels", type=int, default=100_000, help="over all flood windows")
+    parser.add_argument("--cycles", type=int, default=3, help="quiet-decoy-flood cycles")
+    parser.add_argument("--quiet-seconds", type=float, default=10.0)
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds after a flood")
+    parser.add_argument("--depth", type=int, default=200, help="tasks waiting or running")
+    parser.add_argument("--no-decoy", action="store_true", help="no decoy windows")
     parser.add_argument(
         "--batch",
         type=int,
         default=1,
         help="task ids per cancel message: 1 (default) = one message per cancel, as from "
-        "separate commands or tracker calls; 1000 = what one `ulos-py cancel` of many ids sends",
+        "separate commands or programs; 1000 = what one `ulos-py cancel` of many ids sends",
     )
     parser.add_argument(
         "--flood-rate",
@@ -428,8 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(run(args))
     print(json.dumps(report, indent=2 if not args.json else None))
     v = report["verdicts"]
-    ok = [v[k] for k in v if k.endswith("_ok")]
-    return 0 if all(ok) else 1
+    return 0 if all(v[k] for k in v if k.endswith("_ok")) else 1
 
 
 if __name__ == "__main__":

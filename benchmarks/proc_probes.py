@@ -172,3 +172,11 @@ class MachineSnapshot:
     def steal_percent_since(self, earlier: MachineSnapshot) -> float:
         total = self.total_s - earlier.total_s
         return 0.0 if total <= 0 else round(100 * (self.steal_s - earlier.steal_s) / total, 1)
+
+
+def broker_pid(port: int) -> int | None:
+    """The broker (among `broker_pids`) listening on `port`: a machine may run several."""
+    for pid in broker_pids():
+        if any(s.state == "LISTEN" and s.local_port == port for s in tcp_sockets(pid)):
+            return pid
+    return None
