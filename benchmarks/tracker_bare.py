@@ -6,9 +6,10 @@ the bodies → commit → ack, and nothing else (no journey, no derived tables).
 DATABASE_URL `-` stores nothing: consume → batch → ack alone, the ceiling of any loop over
 the tracker's queue adapter on this machine (what the broker and the client cost).
 
-It uses the tracker's own queue adapter and engine set-up (pool, SQLite WAL and pragmas), the
-same batch size and wait, and a table of its own with a unique key (the hash of the body,
-as the store's `notices`), inserted with ON CONFLICT DO NOTHING as the store does. When TOTAL
+It uses the tracker's own queue adapter, event loop (uvloop) and engine set-up (pool, SQLite
+WAL and pragmas), the same batch size and wait, and a table of its own with a unique key (the
+hash of the body, as the store's `notices`), inserted with ON CONFLICT DO NOTHING as the store
+does. When TOTAL
 messages are stored it prints one JSON line: when the first batch and the last batch were
 committed (wall clock, as the tracker's /healthz `lastCommit`) and how many the first held,
 and the CPU seconds since the first of the process and of its main thread (the event loop).
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import aio_pika
+import uvloop
 from sqlalchemy import Column, MetaData, String, Table, Text
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -87,4 +89,5 @@ async def main(url: str, queue: str, total: int, broker_url: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # the tracker's loop
+        runner.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
