@@ -145,6 +145,9 @@ End = Forwarded | Completed | Crashed
 
 _T = TypeVar("_T")
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+"""Notice bodies in canonical form (one encoder, not one per notice as `json.dumps` makes)."""
+
 
 class _cached(Generic[_T]):
     """`functools.cached_property` without the lock it takes on every first read before
@@ -172,7 +175,7 @@ class Notice:
 
     body: dict[str, Any]
 
-    @property
+    @_cached
     def task_id(self) -> str | None:
         value = self.body.get("taskId")
         return value if isinstance(value, str) and value else None
@@ -237,7 +240,7 @@ class Notice:
     @_cached
     def identity(self) -> str:
         """The body in canonical form: equal for a notice and its redelivered copy."""
-        return json.dumps(self.body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return _CANONICAL.encode(self.body)
 
     def order(self) -> tuple[datetime, int, str]:
         """When it happened: its time, its place among a visit's steps, then its body."""
