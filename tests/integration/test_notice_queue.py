@@ -1,6 +1,6 @@
 """The tracker's queue adapter over the real broker: batches, one ack per batch, and
-consuming again after the connection is lost (its consumer is aiormq's, which aio-pika does
-not restore by itself)."""
+consuming again after the connection is lost or the queue was deleted and declared anew (its
+consumer is aiormq's, which aio-pika does not restore by itself)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,39 @@ async def test_the_queue_is_consumed_again_after_the_connection_is_lost(
         await source.close()
         await connection.close()
     assert await depth(channel, name) == (0, 0)
+    await channel.queue_delete(name)
+
+
+async def test_a_queue_deleted_and_declared_again_is_consumed_again(
+    names: Names, broker: Broker, amqp: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    """The broker cancels the consumer of a deleted queue; aio-pika re-consumed its own
+    consumers once the queue was back, and so must this one (without closing its channel
+    on each look meanwhile)."""
+    channel = await amqp.channel()
+    name = names.queue("tracker")
+    await channel.declare_queue(name, auto_delete=False)
+    await channel.default_exchange.publish(aio_pika.Message(b"before"), name)
+    connection = await connect(broker, f"notice-queue-{uuid.uuid4().hex[:8]}")
+    source = await NoticeQueue.open(connection, name, prefetch=10)
+    try:
+        batches = source.batches(10, 0.2)
+        first = await next_batch(batches)
+        assert [t.body for t in first] == [b"before"]
+        await source.ack(first)
+        await channel.queue_delete(name)
+        await asyncio.sleep(1)
+        await channel.declare_queue(name, auto_delete=False)
+        await channel.default_exchange.publish(aio_pika.Message(b"after"), name)
+        again = await next_batch(batches)
+        assert [t.body for t in again] == [b"after"]
+        await source.ack(again)
+        async with asyncio.timeout(10):
+            while await depth(channel, name) != (0, 1):
+                await asyncio.sleep(0.05)
+    finally:
+        await source.close()
+        await connection.close()
     await channel.queue_delete(name)
 
 

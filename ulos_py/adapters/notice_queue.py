@@ -8,7 +8,9 @@ Every notice of every node is one delivery here, so they are taken at the lowest
 client has (as the node's cancel reader does): aiormq's consumer on the channel aio-pika
 keeps open, without aio-pika's message object and second asyncio task per delivery, and
 one `multiple` ack per batch. aio-pika restores the channel and its prefetch after a lost
-connection but not an aiormq consumer, so the channel's reopening consumes again.
+connection but not an aiormq consumer, so the channel's reopening consumes again; and when
+the broker cancels the consumer (the queue was deleted) it consumes again once the queue is
+declared anew, as aio-pika's own consumer did.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
-from ulos_py.adapters.rabbitmq import BROKER_LOST
+from ulos_py.adapters.rabbitmq import BROKER_LOST, short_lived_channel
 from ulos_py.errors import ConfigError
 
 log = structlog.get_logger(__name__)
+
+RECONSUME_EVERY = 2.0
+"""Seconds between looks for a queue that was deleted under the consumer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,10 @@ class Taken:
 class NoticeQueue:
     """The tracker's durable queue, consumed with a prefetch window of `prefetch`."""
 
-    def __init__(self, channel: AbstractChannel, name: str) -> None:
+    def __init__(
+        self, connection: AbstractRobustConnection, channel: AbstractChannel, name: str
+    ) -> None:
+        self._connection = connection
         self._channel = channel
         self._name = name
         self._inbox: list[Taken] = []
@@ -52,7 +60,7 @@ class NoticeQueue:
         self._want = 1
         """Inbox length that wakes `batches`: the first message, or a full batch."""
         self._consumer: tuple[aiormq.abc.AbstractChannel, str] | None = None
-        self._resuming: set[asyncio.Task[None]] = set()
+        self._resuming: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -67,7 +75,7 @@ class NoticeQueue:
                 f"ULOS_TRACKER_QUEUE: queue {name!r} does not exist on the broker (declare it "
                 "first, e.g. with `ulos-py topology apply`)"
             ) from exc
-        notice_queue = cls(channel, name)
+        notice_queue = cls(connection, channel, name)
         await notice_queue._consume()
         if isinstance(channel, AbstractRobustChannel):
             channel.reopen_callbacks.add(notice_queue._reopened)
@@ -75,6 +83,8 @@ class NoticeQueue:
 
     async def _consume(self) -> None:
         underlay = await self._channel.get_underlay_channel()
+        if self._cancelled not in underlay.on_consumer_cancel_callbacks:
+            underlay.on_consumer_cancel_callbacks.add(self._cancelled)
         consumed = await underlay.basic_consume(self._name, self._take)
         assert consumed.consumer_tag is not None, "the broker names every consumer"
         self._consumer = (underlay, consumed.consumer_tag)
@@ -82,15 +92,40 @@ class NoticeQueue:
     def _reopened(self, _channel: object) -> None:
         """The channel is open again (a lost connection, a channel error): consume anew,
         once the connection is ready (not from within aio-pika's restore)."""
-        task = asyncio.create_task(self._resume())
-        self._resuming.add(task)
-        task.add_done_callback(self._resuming.discard)
+        self._consumer = None
+        if self._resuming is not None:  # it may be consuming on the channel that closed
+            self._resuming.cancel()
+        self._resuming = asyncio.create_task(self._resume())
+
+    def _cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """The broker ended the consumer (its queue was deleted): consume again once the
+        queue is back."""
+        if self._consumer is not None and frame.consumer_tag == self._consumer[1]:
+            self._consumer = None
+            log.warning("tracker_queue_gone", queue=self._name, retry_every=RECONSUME_EVERY)
+            if self._resuming is None or self._resuming.done():
+                self._resuming = asyncio.create_task(self._resume())
 
     async def _resume(self) -> None:
+        """Consume again once the queue exists, looked for on a channel of its own: a
+        consume of a missing queue would close this one, and its reopening would try again
+        at once, without end."""
         try:
-            await self._consume()
+            while True:  # polled: nothing tells of a queue declared anew
+                if await self._queue_exists():
+                    await self._consume()
+                    return
+                await asyncio.sleep(RECONSUME_EVERY)
         except (*BROKER_LOST, aiormq.exceptions.AMQPError) as exc:
             log.warning("tracker_queue_not_consumed", reason=str(exc))  # the next reopen retries
+
+    async def _queue_exists(self) -> bool:
+        async with short_lived_channel(self._connection) as probe:
+            try:
+                await probe.get_queue(self._name, ensure=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+        return True
 
     async def _take(self, message: DeliveredMessage) -> None:
         delivery = cast(aiormq.spec.Basic.Deliver, message.delivery)  # what a consumer is given
@@ -144,8 +179,8 @@ class NoticeQueue:
         """Stop consuming; what was taken and not acked goes back to the queue."""
         if isinstance(self._channel, AbstractRobustChannel):
             self._channel.reopen_callbacks.discard(self._reopened)
-        for task in list(self._resuming):
-            task.cancel()
+        if self._resuming is not None:
+            self._resuming.cancel()
         with suppress(*BROKER_LOST, aiormq.exceptions.AMQPError):
             if self._consumer is not None:
                 underlay, tag = self._consumer
