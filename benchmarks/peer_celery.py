@@ -81,7 +81,14 @@ from node_throughput import (
     stop_profiler,
     wait_for_done,
 )
-from proc_probes import MachineSnapshot, broker_pids, cpu_seconds, proc_status_kib
+from proc_probes import (
+    MachineSnapshot,
+    broker_pids,
+    cpu_seconds,
+    listening_pids,
+    proc_status_kib,
+    process_tree,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = (
@@ -121,24 +128,6 @@ def node_has_processes_option() -> bool:
 # Process trees: Celery's prefork pool and a multi-process node are a parent and children
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants now."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
-
-
 def tree_cpu(root: int) -> dict[int, float]:
     return {pid: cpu_seconds(pid) for pid in process_tree(root)}
 
@@ -147,25 +136,6 @@ def tree_peak_rss_mib(root: int) -> list[float]:
     """VmHWM of each process of the tree, the parent first."""
     peaks = (proc_status_kib(pid, "VmHWM") for pid in process_tree(root))
     return [round(kib / 1024, 1) for kib in peaks if kib is not None]
-
-
-def listening_pids(port: int) -> list[int]:
-    """Processes holding a socket that listens on `port`: the broker the run uses, and not
-    the short-lived `beam.smp` of a `rabbitmqctl` another session may be running."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{fields[9]}]")
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and inodes:
-            with suppress(OSError):
-                if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
-                    pids.append(int(entry.name))
-    return pids
 
 
 class TreeWatcher(DoneWatcher):

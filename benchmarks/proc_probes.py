@@ -26,14 +26,19 @@ def rss_mib(pid: int, key: str = "VmRSS") -> float | None:
     return None if kib is None else round(kib / 1024, 1)
 
 
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU time of a process (or of one of its threads) so far; 0 if gone."""
+def cpu_seconds(pid: int, thread: int | None = None, reaped: bool = False) -> float:
+    """User + system CPU time of a process (or of one of its threads) so far; 0 if gone.
+    `reaped`: plus that of its children that have ended (a server's per-connection
+    processes, gone with their connection)."""
     path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
     try:
         fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
 
 
 def host_cpu() -> tuple[float, float]:
@@ -51,6 +56,43 @@ def broker_pids() -> list[int]:
         if entry.name.isdigit():
             with suppress(OSError):
                 if (entry / "comm").read_text().strip() == "beam.smp":
+                    pids.append(int(entry.name))
+    return pids
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def listening_pids(port: int) -> list[int]:
+    """Processes holding a socket that listens on `port`: the broker the run uses, and not
+    the short-lived `beam.smp` of a `rabbitmqctl` another session may be running."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and inodes:
+            with suppress(OSError):
+                if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
                     pids.append(int(entry.name))
     return pids
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import node_throughput
 import tracker_bulk
 from bench_fixtures import Broker, say
-from proc_probes import cpu_seconds, rss_mib
+from proc_probes import cpu_seconds, listening_pids, process_tree, rss_mib
 
 from tests.support.journeys import Node
 from tests.support.postgres import start_postgres
@@ -111,13 +112,43 @@ class Ingest:
     per_s: float = 0.0
     seconds: float = 0.0
     cpu_ms_per_notice: float = 0.0
+    """The consuming process's CPU (all its threads) per notice, first to last commit."""
+    loop_cpu_ms_per_notice: float = 0.0
+    """Its main thread's (the event loop's): what bounds the rate once a core is free."""
+    broker_cpu_ms_per_notice: float = 0.0
+    """The broker's CPU per notice, from the consumer's start to its end."""
+    db_cpu_ms_per_notice: float | None = None
+    """PostgreSQL's server processes' CPU per notice, likewise (None: SQLite, in-process)."""
     rss_mib: list[float] = field(default_factory=list)
     """The tracker's VmRSS every second from its first commit to its last."""
     peak_rss_mib: float | None = None
 
 
-async def bare_ingest(args: argparse.Namespace, url: str, queue: str, total: int) -> Ingest:
+class Servers:
+    """CPU seconds so far of the broker and of the database server the run uses."""
+
+    def __init__(self, broker_port: int, db_pids: Callable[[], list[int]]) -> None:
+        self.broker = listening_pids(broker_port)
+        self.db_pids = db_pids
+
+    def cpu(self) -> tuple[float, float | None]:
+        broker = sum(map(cpu_seconds, self.broker))
+        pids = self.db_pids()  # with the backends of connections closed meanwhile
+        return broker, sum(cpu_seconds(p, reaped=True) for p in pids) if pids else None
+
+    def per_notice(self, result: Ingest, before: tuple[float, float | None], total: int) -> None:
+        broker, db = self.cpu()
+        result.broker_cpu_ms_per_notice = (broker - before[0]) * 1000 / total
+        if db is not None and before[1] is not None:
+            result.db_cpu_ms_per_notice = (db - before[1]) * 1000 / total
+
+
+async def bare_ingest(
+    args: argparse.Namespace, url: str, queue: str, total: int, servers: Servers
+) -> Ingest:
+    """The bare loop over the queue (`url` "-": consume and ack only, no database)."""
     script = REPO / "benchmarks" / "tracker_bare.py"
+    before = servers.cpu()
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(script), url, queue, str(total), args.broker_url,
         stdout=subprocess.PIPE,
@@ -127,9 +158,11 @@ async def bare_ingest(args: argparse.Namespace, url: str, queue: str, total: int
         raise RuntimeError(f"the bare loop failed (exit code {process.returncode})")
     done = json.loads(out.decode().strip().splitlines()[-1])
     seconds = done["last_at"] - done["first_at"]
-    result = Ingest("bare", (total - done["first"]) / seconds, seconds)
+    result = Ingest("bare" if url != "-" else "consume", (total - done["first"]) / seconds, seconds)
     result.peak_rss_mib = done["peak_rss_mib"]
     result.cpu_ms_per_notice = done["cpu_seconds"] * 1000 / (total - done["first"])
+    result.loop_cpu_ms_per_notice = done["loop_cpu_seconds"] * 1000 / (total - done["first"])
+    servers.per_notice(result, before, total)
     return result
 
 
@@ -173,24 +206,26 @@ async def stop(process: asyncio.subprocess.Process) -> int | None:
 
 
 async def tracker_ingest(
-    args: argparse.Namespace, url: str, queue: str, total: int, log: Path
+    args: argparse.Namespace, url: str, queue: str, total: int, log: Path, servers: Servers
 ) -> Ingest:
-    """A real tracker on an empty queue, then the notices put in: its rate from /healthz
-    (`stored` and `lastCommit`), its RSS every second."""
+    """A real tracker on the filled queue: its rate from /healthz (`stored` and
+    `lastCommit`), its RSS every second, its CPU and its main thread's from /proc."""
     await (await Store.open(url)).close()  # migrated before the clock runs, as the bare's
+    before = servers.cpu()
     process, base = await start_tracker(args, url, queue, log)
     result = Ingest("tracker")
     profiler = await _profile(args, process.pid, log.stem)
     try:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             first: tuple[int, float] | None = None
-            cpu_at_first = 0.0
+            cpu_at_first = loop_at_first = 0.0
             next_sample = 0.0
             while True:
                 health = (await client.get("/healthz")).json()
                 stored, last = health["stored"], health["lastCommit"]
                 if stored and first is None:
                     first, cpu_at_first = (stored, _epoch(last)), cpu_seconds(process.pid)
+                    loop_at_first = cpu_seconds(process.pid, thread=process.pid)
                 if first is not None and time.monotonic() >= next_sample:
                     result.rss_mib.append(rss_mib(process.pid) or 0.0)
                     next_sample = time.monotonic() + 1.0
@@ -203,7 +238,10 @@ async def tracker_ingest(
             result.rss_mib.append(rss_mib(process.pid) or 0.0)
             result.peak_rss_mib = rss_mib(process.pid, "VmHWM")
             cpu = cpu_seconds(process.pid) - cpu_at_first
+            loop_cpu = cpu_seconds(process.pid, thread=process.pid) - loop_at_first
+            servers.per_notice(result, before, total)
             result.cpu_ms_per_notice = cpu * 1000 / (total - first[0])
+            result.loop_cpu_ms_per_notice = loop_cpu * 1000 / (total - first[0])
             result.seconds = _epoch(last) - first[1]
             result.per_s = (total - first[0]) / result.seconds
             counted = (await client.get("/api/counts")).json()
@@ -339,12 +377,17 @@ async def _timed(client: httpx.AsyncClient, path: str) -> tuple[float, str]:
 
 
 async def database_run(
-    args: argparse.Namespace, label: str, new_url: Any, tmp: Path
+    args: argparse.Namespace,
+    label: str,
+    new_url: Any,
+    tmp: Path,
+    db_pids: Callable[[], list[int]] = list,
 ) -> dict[str, Any]:
     data = bodies(args.notices)
     connection = await aio_pika.connect_robust(args.broker_url)
     channel = await connection.channel()
     result: dict[str, Any] = {"database": label, "notices": len(data)}
+    servers = Servers(Broker.parse(args.broker_url).port, db_pids)
     try:
         for side in ("bare", "tracker") if args.phase != "reads" else ():
             queue = f"bench-tracker-{uuid.uuid4().hex[:8]}"
@@ -352,13 +395,13 @@ async def database_run(
             say(f"{label} {side}: {len(data)} notices queued")
             try:
                 if side == "bare":
-                    ingest = await bare_ingest(args, new_url(), queue, len(data))
+                    ingest = await bare_ingest(args, new_url(), queue, len(data), servers)
                 else:
                     log = tmp / f"tracker-{label}.log"
-                    ingest = await tracker_ingest(args, new_url(), queue, len(data), log)
+                    ingest = await tracker_ingest(args, new_url(), queue, len(data), log, servers)
             finally:
                 await channel.queue_delete(queue)
-            say(f"  {ingest.per_s:.0f} notices/s, {ingest.cpu_ms_per_notice:.2f} CPU ms/notice")
+            say(f"  {ingest.per_s:.0f} notices/s, {ingest.cpu_ms_per_notice:.3f} CPU ms/notice")
             result[side] = asdict(ingest)
     finally:
         await connection.close()
@@ -368,6 +411,25 @@ async def database_run(
         say(f"{label} reads: filling {args.tasks} tasks")
         result["reads"] = await reads(args, new_url(), tmp / f"tracker-reads-{label}.log")
     return result
+
+
+async def ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    """The bare loop storing nothing (consume → batch → ack): what any consumer of the queue
+    through the tracker's adapter reaches on this machine, and what the broker costs."""
+    data = bodies(args.notices)
+    connection = await aio_pika.connect_robust(args.broker_url)
+    channel = await connection.channel()
+    queue = f"bench-tracker-{uuid.uuid4().hex[:8]}"
+    try:
+        await fill_queue(channel, queue, data)
+        say(f"consume only: {len(data)} notices queued")
+        servers = Servers(Broker.parse(args.broker_url).port, list)
+        ingest = await bare_ingest(args, "-", queue, len(data), servers)
+    finally:
+        await channel.queue_delete(queue)
+        await connection.close()
+    say(f"  {ingest.per_s:.0f} notices/s, {ingest.cpu_ms_per_notice:.3f} CPU ms/notice")
+    return asdict(ingest)
 
 
 async def node_reference(args: argparse.Namespace) -> dict[str, Any]:
@@ -391,6 +453,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"node reference: {args.node_tasks} tasks through one ulos-py node")
         report["node"] = await node_reference(args)
         say(f"  {report['node']['notices_per_s']:.0f} notices/s")
+    if args.phase != "reads":
+        report["ceiling"] = await ceiling(args)
     report["databases"] = []
     async with AsyncExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-tracker-")))
@@ -405,8 +469,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cluster = start_postgres()
             server = next(cluster)
             stack.callback(cluster.close)
+            postmaster = listening_pids(server.port)
+
+            def postgres() -> list[int]:
+                return [p for root in postmaster for p in process_tree(root)]
+
             report["databases"].append(
-                await database_run(args, "postgresql", server.create_database, tmp)
+                await database_run(args, "postgresql", server.create_database, tmp, postgres)
             )
     report["load_average_end"] = os.getloadavg()
     report["verdicts"] = verdicts(report)
@@ -423,6 +492,12 @@ def _rss_points(samples: list[float]) -> tuple[float, float, float]:
 def verdicts(report: dict[str, Any]) -> list[str]:
     lines = []
     node = report.get("node", {}).get("notices_per_s")
+    if "ceiling" in report:
+        top = report["ceiling"]["per_s"]
+        lines.append(
+            f"INFO ceiling: consume and ack only, no database: {top:.0f} notices/s"
+            + (f" = {top / node:.1f}x one node's notice rate" if node else "")
+        )
     for db in report["databases"]:
         label = db["database"]
         if "reads" in db:
@@ -475,18 +550,25 @@ def render(report: dict[str, Any]) -> str:
             f"one node at full speed: {node['tasks_per_s']:.1f} tasks/s = "
             f"{node['notices_per_s']:.0f} notices/s"
         )
-    out.append("database    side     notices/s  CPU ms/notice  seconds  RSS MiB 10%/50%/end  peak")
+    out.append(
+        "database    side     notices/s  CPU ms/notice: process  loop  broker  db server"
+        "  seconds  RSS MiB 10%/50%/end  peak"
+    )
+    rows = [("-", "consume", report["ceiling"])] if "ceiling" in report else []
     for db in report["databases"]:
-        for side in ("bare", "tracker") if "tracker" in db else ():
-            s = db[side]
-            points = (
-                "/".join(f"{v:.0f}" for v in _rss_points(s["rss_mib"])) if s["rss_mib"] else "-"
-            )
-            out.append(
-                f"{db['database']:<11} {side:<8} {s['per_s']:>9.0f} "
-                f"{s['cpu_ms_per_notice']:>14.2f} "
-                f"{s['seconds']:>8.1f}  {points:>19}  {s['peak_rss_mib'] or 0:>4.0f}"
-            )
+        if "tracker" in db:
+            rows += [(db["database"], side, db[side]) for side in ("bare", "tracker")]
+    for database, side, s in rows:
+        points = "/".join(f"{v:.0f}" for v in _rss_points(s["rss_mib"])) if s["rss_mib"] else "-"
+        server = s.get("db_cpu_ms_per_notice")
+        out.append(
+            f"{database:<11} {side:<8} {s['per_s']:>9.0f} "
+            f"{s['cpu_ms_per_notice']:>22.3f} {s['loop_cpu_ms_per_notice']:>5.3f} "
+            f"{s['broker_cpu_ms_per_notice']:>7.3f} "
+            f"{'-' if server is None else f'{server:.3f}':>10} "
+            f"{s['seconds']:>8.1f}  {points:>19}  {s['peak_rss_mib'] or 0:>4.0f}"
+        )
+    for db in report["databases"]:
         if "reads" in db:
             r = db["reads"]
             out.append(

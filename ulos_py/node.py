@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import structlog
 import uvloop
@@ -199,10 +199,17 @@ async def _serve(
     log.info("stopped")
 
 
-def run_event_loop(main: Coroutine[Any, Any, None], settings: Settings) -> None:
-    """Run the node's coroutine on the loop ULOS_EVENT_LOOP names (uvloop by default: the
-    standard loop's selector, transports and thread wake-ups cost a node a share of every
-    task's CPU)."""
+class LoopChoice(Protocol):
+    """Settings that name the event loop (ULOS_EVENT_LOOP): a node's, the tracker's."""
+
+    @property
+    def event_loop(self) -> Literal["uvloop", "asyncio"]: ...
+
+
+def run_event_loop(main: Coroutine[Any, Any, None], settings: LoopChoice) -> None:
+    """Run the coroutine on the loop ULOS_EVENT_LOOP names (uvloop by default: the standard
+    loop's selector, transports and thread wake-ups cost a node a share of every task's CPU,
+    and the tracker a share of every notice's)."""
     factory = uvloop.new_event_loop if settings.event_loop == "uvloop" else None
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main)

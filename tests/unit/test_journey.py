@@ -119,6 +119,25 @@ def test_read_notice_refuses_what_is_not_a_json_object(raw: bytes) -> None:
     assert read_notice(raw) is None
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"taskId": "t1", "n": 1}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"taskId": "t1"}',
+        b'{"taskId": "t1", "big": 123456789012345678901234567890, "x": 1e400, "y": NaN}',
+        b'{"taskId": "t1", "deep": ' + b"[" * 300 + b"]" * 300 + b"}",
+        b'{"taskId": "t1", "s": "\\ud800 \\u00e9", "f": 0.1, "e": 1e-07, "k": 1, "k": 2}',
+    ],
+    ids=["utf-16", "byte-order-mark", "big-numbers", "nested", "escapes-and-repeated-key"],
+)
+def test_read_notice_reads_what_the_standard_library_reads(raw: bytes) -> None:
+    """The fast parser or, where it refuses, the standard library: the same body either way
+    (the identity, and so the stored key, is made from it)."""
+    read = read_notice(raw)
+    assert read is not None
+    assert read.identity == Notice(json.loads(raw)).identity
+
+
 def test_odd_fields_read_as_absent() -> None:
     odd = Notice(
         {

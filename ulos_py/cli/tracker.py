@@ -12,7 +12,7 @@ import click
 
 from ulos_py.cli.common import env_file_option, one_line_errors
 from ulos_py.log import configure_logging
-from ulos_py.node import install_signal_handlers
+from ulos_py.node import install_signal_handlers, run_event_loop
 from ulos_py.settings import load
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def tracker(env_file: Path | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     for name in ("aio_pika", "aiormq"):
         logging.getLogger(name).addHandler(logging.NullHandler())
-    asyncio.run(_main(run_tracker, settings))
+    run_event_loop(_main(run_tracker, settings), settings)
 
 
 async def _main(

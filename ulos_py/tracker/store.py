@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ulos_py.errors import ConfigError
-from ulos_py.journey import Crashed, Journey, Notice, State, journey
+from ulos_py.journey import Crashed, Journey, Notice, State, journey, read_notice
 from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 
 DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
@@ -133,7 +133,7 @@ class Store:
         found: list[tuple[str, Notice]] = []
         odd: list[dict[str, Any]] = []
         for message in batch:
-            notice = _notice(message.body)
+            notice = read_notice(message.body)
             if notice is None:
                 odd.append(_unreadable_row(message, now))
             else:
@@ -216,14 +216,6 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-
-
-def _notice(raw: bytes) -> Notice | None:
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return Notice(body) if isinstance(body, dict) else None
 
 
 def _key(data: bytes) -> str:
