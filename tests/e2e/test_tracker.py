@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
-from tests.support.ports import free_port, steady_port
+from tests.support.ports import steady_port
 from tests.support.services import Broker, FtpServer, Names
 from tests.support.tracker import journey_in, status_cli, tracker_env, until
 
@@ -132,7 +132,7 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
 def test_a_missing_queue_stops_the_tracker_with_one_line(
     names: Names, broker: Broker, start_cli: StartCli, tmp_path: Path
 ) -> None:
-    env = tracker_env(names, broker, f"sqlite:///{tmp_path / 'x.sqlite3'}", free_port())
+    env = tracker_env(names, broker, f"sqlite:///{tmp_path / 'x.sqlite3'}", steady_port())
     process = start_cli("tracker", env=env)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 2
@@ -150,7 +150,7 @@ async def test_a_task_submitted_over_http_runs_and_its_output_can_be_read(
     tmp_path: Path,
 ) -> None:
     ex = names.exchange
-    port = free_port()
+    port = steady_port()
     env = tracker_env(names, broker, f"sqlite:///{tmp_path / 't.sqlite3'}", port)
     env.update(
         ULOS_TRACKER_TOKEN="s3cret",

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
-from tests.support.ports import free_port
+from tests.support.ports import steady_port
 from tests.support.services import Broker, FtpServer, Names
 from tests.support.tracker import journey_in, status_cli, tracker_env, until
 from ulos_py.cancellation import parse_cancellations
@@ -47,7 +47,7 @@ async def test_a_running_task_cancelled_over_http_ends_cancelled_with_who_and_wh
     tmp_path: Path,
 ) -> None:
     ex = names.exchange
-    port = free_port()
+    port = steady_port()
     env = tracker_env(names, broker, database_url, port)
     env["ULOS_TRACKER_TOKEN"] = TOKEN
     ftp_server.put(f"/{names.prefix}/c.zip", make_zip({"main.py": "print(1)\n"}))
@@ -160,7 +160,7 @@ async def test_a_cancel_the_broker_cannot_take_is_a_502_naming_the_setting(
     start_cli: StartCli,
     tmp_path: Path,
 ) -> None:
-    port = free_port()
+    port = steady_port()
     env = tracker_env(names, broker, f"sqlite:///{tmp_path / 't.sqlite3'}", port)
     env.update(ULOS_TRACKER_TOKEN=TOKEN, ULOS_CANCEL_EXCHANGE=f"{names.prefix}-missing")
     tracker = start_cli("tracker", env=env)

@@ -25,7 +25,7 @@ from tests.support.harness import (
     stage,
     task,
 )
-from tests.support.ports import free_port
+from tests.support.ports import free_port, steady_port
 from tests.support.relay import DroppingRelay
 from tests.support.services import Broker, FtpServer, Names
 
@@ -139,7 +139,7 @@ async def test_outcomes_crash_kinds_and_step_durations_by_stage(
     work_dir: Path,
     submission: str,
 ) -> None:
-    port = free_port()
+    port = steady_port()
     settings = node_settings(names, broker, ftp_server, work_dir, ULOS_METRICS_PORT=port)
     async with running_node(settings):
         for task_id, key in (
@@ -207,7 +207,7 @@ async def test_tasks_in_flight_and_a_draining_node_is_not_healthy(
 ) -> None:
     registry = tmp_path / "registry.toml"
     registry.write_text(SLOW_REGISTRY)
-    port = free_port()
+    port = steady_port()
     settings = node_settings(
         names, broker, ftp_server, work_dir, ULOS_METRICS_PORT=port, ULOS_EXECUTORS_FILE=registry
     )
@@ -265,7 +265,7 @@ async def test_crashed_tasks_requeued_on_reject_count_as_redeliveries(
     work_dir: Path,
     submission: str,
 ) -> None:
-    port = free_port()
+    port = steady_port()
     settings = node_settings(
         names,
         broker,
@@ -304,7 +304,7 @@ async def test_a_task_returned_on_shutdown_is_a_redelivery_for_the_next_node(
         await line.logs_until("t-back", "execution_started")
         stop.set()
         await line.logs_until("t-back", "rejected")
-    port = free_port()
+    port = steady_port()
     second = node_settings(names, broker, ftp_server, work_dir, ULOS_METRICS_PORT=port)
     async with running_node(second):
         [received] = [n for n in await settled(line, {"t-back"}) if n["event"] == "received"]
@@ -319,7 +319,7 @@ async def test_health_follows_the_broker_connection(
     line: Pipeline, names: Names, broker: Broker, ftp_server: FtpServer, work_dir: Path
 ) -> None:
     relay = DroppingRelay(broker)
-    port = free_port()
+    port = steady_port()
     settings = node_settings(
         names,
         broker,
@@ -385,7 +385,7 @@ async def test_health_follows_the_broker_connection(
 async def test_a_node_waiting_for_the_broker_serves_unhealthy(
     names: Names, broker: Broker, ftp_server: FtpServer, work_dir: Path
 ) -> None:
-    port = free_port()
+    port = steady_port()
     settings = node_settings(
         names, broker, ftp_server, work_dir, ULOS_METRICS_PORT=port, MESSAGE_BROKER_PORT=free_port()
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import aio_pika
 
 from tests.support.cli import ROOT, settings_env
 from tests.support.harness import make_zip, node_values
+from tests.support.ports import steady_port
 from tests.support.services import Broker, FtpServer, Names
 
 MESSAGES = ROOT / "testing-messages"
@@ -36,12 +36,6 @@ DEMO = ("pass", "fail", "crash", "skip", "chain-pass", "chain-fail", "chain-cras
 ENDS = ("lab.passed", "lab.failed")
 STUCK_AFTER = 3
 """Seconds a task may wait at a stage before the tracker calls it stuck (short, to see it)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -231,7 +225,7 @@ def running_site(
     """The tracker (and a node) on a fresh topology, all removed afterwards; `tracker_extra`
     and `node_extra` add or replace their settings (a token, a registry)."""
     names = Names(f"d{uuid.uuid4().hex[:8]}")
-    port = free_port()
+    port = steady_port()  # the tracker listens on it after the topology and the node
     site = Site(f"http://127.0.0.1:{port}", names, broker, ftp)
     asyncio.run(declare(names, broker, site.stage_keys()))
     try:
