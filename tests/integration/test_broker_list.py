@@ -12,6 +12,7 @@ import socket
 
 import pytest
 
+from tests.support.relay import DroppingRelay
 from tests.support.services import Broker
 from ulos_py.adapters import rabbitmq
 from ulos_py.errors import BrokerUnavailable
@@ -55,44 +56,22 @@ async def test_no_broker_answering_names_every_one(broker: Broker) -> None:
 
 
 async def test_a_lost_broker_is_left_for_the_next_one(broker: Broker) -> None:
-    """A relay in front of the broker is listed first; once it is cut (and refuses new
-    connections) the connection comes back through the broker listed second."""
-    server = await asyncio.start_server(lambda r, w: _relay(r, w, broker), "127.0.0.1", 0)
-    relay_port = server.sockets[0].getsockname()[1]
+    """A relay in front of the broker is listed first; once it is cut (and closes new
+    connections at once) the connection comes back through the broker listed second."""
+    relay = DroppingRelay(broker)
+    relay_port = await relay.start()
     listed = address(broker, [("127.0.0.1", relay_port), (broker.host, broker.port)])
     connection = await rabbitmq.connect(listed)
     back = asyncio.Event()
     connection.reconnect_callbacks.add(lambda _c: back.set())
     try:
         assert rabbitmq.current_broker(connection) == f"127.0.0.1:{relay_port}"
-        server.close()
-        for writer in RELAYED:
-            writer.close()
+        relay.held = True  # new connections through it are closed at once
+        relay.drop()
         await asyncio.wait_for(back.wait(), 30)
         assert rabbitmq.current_broker(connection) == f"{broker.host}:{broker.port}"
         channel = await connection.channel()  # the connection works there
         await channel.close()
     finally:
         await connection.close()
-
-
-RELAYED: list[asyncio.StreamWriter] = []
-
-
-async def _relay(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, broker: Broker
-) -> None:
-    up_reader, up_writer = await asyncio.open_connection(broker.host, broker.port)
-    RELAYED.extend((writer, up_writer))
-
-    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        except ConnectionError:
-            pass
-        finally:
-            sink.close()
-
-    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await relay.close()
