@@ -94,6 +94,7 @@ def tracker_env(args: argparse.Namespace, database: str, queue: str, port: int) 
         ULOS_TRACKER_DATABASE=database,
         ULOS_LOG_FORMAT="json",
         ULOS_LOG_LEVEL="warning",
+        ULOS_TRACKER_WRITER=args.writer,
     )
     return env
 
@@ -224,10 +225,10 @@ async def tracker_ingest(
                 health = (await client.get("/healthz")).json()
                 stored, last = health["stored"], health["lastCommit"]
                 if stored and first is None:
-                    first, cpu_at_first = (stored, _epoch(last)), cpu_seconds(process.pid)
+                    first, cpu_at_first = (stored, _epoch(last)), _tree_cpu(process.pid)
                     loop_at_first = cpu_seconds(process.pid, thread=process.pid)
                 if first is not None and time.monotonic() >= next_sample:
-                    result.rss_mib.append(rss_mib(process.pid) or 0.0)
+                    result.rss_mib.append(_tree_rss(process.pid))
                     next_sample = time.monotonic() + 1.0
                 if stored >= total:
                     break
@@ -235,9 +236,9 @@ async def tracker_ingest(
                     raise RuntimeError(f"the tracker stopped: {log.read_text()[-2000:]}")
                 await asyncio.sleep(0.5)  # /healthz writes (a probe): not too often
             assert first is not None
-            result.rss_mib.append(rss_mib(process.pid) or 0.0)
-            result.peak_rss_mib = rss_mib(process.pid, "VmHWM")
-            cpu = cpu_seconds(process.pid) - cpu_at_first
+            result.rss_mib.append(_tree_rss(process.pid))
+            result.peak_rss_mib = _tree_rss(process.pid, "VmHWM")
+            cpu = _tree_cpu(process.pid) - cpu_at_first
             loop_cpu = cpu_seconds(process.pid, thread=process.pid) - loop_at_first
             servers.per_notice(result, before, total)
             result.cpu_ms_per_notice = cpu * 1000 / (total - first[0])
@@ -252,6 +253,16 @@ async def tracker_ingest(
         if profiler is not None:  # py-spy writes its file when the tracker exits
             await asyncio.wait_for(profiler.wait(), 60)
     return result
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of the tracker and its writing process (ULOS_TRACKER_WRITER=process)."""
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
+def _tree_rss(pid: int, field: str = "VmRSS") -> float:
+    """MiB of the tracker and its writing process, added up."""
+    return sum(rss_mib(p, field) or 0.0 for p in process_tree(pid))
 
 
 async def _profile(
@@ -590,6 +601,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probes", type=int, default=200, help="requests per read kind")
     parser.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--writer",
+        choices=["process", "loop"],
+        default="process",
+        help="the tracker's ULOS_TRACKER_WRITER (default: process, as the tracker's own)",
+    )
     parser.add_argument(
         "--phase",
         choices=["all", "ingest", "reads"],

@@ -88,13 +88,13 @@ def worker_main(settings: Settings, index: int, supervisor_pid: int) -> None:
 async def _serve(settings: Settings, supervisor_pid: int) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    _term_when_orphaned()
+    term_when_orphaned()
     if os.getppid() != supervisor_pid:  # it died before we asked to be told
         stop.set()
     await run_node(settings, stop)
 
 
-def _term_when_orphaned() -> None:
+def term_when_orphaned() -> None:
     """Ask Linux for a SIGTERM when the supervisor dies, so an orphan drains and stops."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

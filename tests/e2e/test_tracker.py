@@ -18,7 +18,14 @@ from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
 from tests.support.ports import steady_port
 from tests.support.services import Broker, FtpServer, Names
-from tests.support.tracker import journey_in, status_cli, tracker_env, until
+from tests.support.tracker import (
+    children,
+    journey_in,
+    running,
+    status_cli,
+    tracker_env,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -84,9 +91,19 @@ async def test_a_stopped_tracker_catches_up_and_tells_every_journey(
             )
             assert done["stage"] == {"exchange": ex, "routingKey": "next-key"}
 
-            # The tracker stops; the node goes on; the notices wait in the tracker's queue.
+            # The tracker stops, its writing process with it; the node goes on; the notices
+            # wait in the tracker's queue.
+            helpers = children(tracker.pid)  # its writing process (and multiprocessing's)
+            assert helpers
             tracker.send_signal(subprocess.signal.SIGTERM)
-            assert tracker.wait(timeout=30) == 0, tracker.stderr.read() if tracker.stderr else ""
+            said = tracker.communicate(timeout=30)[1]
+            assert tracker.returncode == 0, said
+            assert "Traceback" not in said
+
+            async def helpers_gone() -> bool:
+                return not any(map(running, helpers))
+
+            await until(helpers_gone, "the tracker's own processes stopped with it", timeout=10)
             waiting = stage(ex, "skip", stage(ex, "next-key", stage(ex, "failed-key")))
             await line.publish(task("t-while-down", "/b.zip", waiting))
             await line.logs_until("t-while-down", "acked")

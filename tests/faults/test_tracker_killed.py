@@ -20,6 +20,8 @@ from tests.support.services import Broker, Names
 from tests.support.tracker import (
     BULK_TASKS,
     bulk_notices,
+    children,
+    running,
     tracker_env,
     tracker_processes,
     until,
@@ -76,9 +78,16 @@ async def test_a_killed_tracker_loses_nothing_and_doubles_nothing(
                 return count if count >= len(bodies) // 4 else 0
 
             some = await until(a_good_part, "a quarter stored", timeout=120, every=0.05)
+            helpers = children(tracker.pid)  # its writing process (and multiprocessing's)
+            assert helpers, "the tracker writes in a process of its own"
             tracker.send_signal(signal.SIGKILL)
             tracker.wait(timeout=10)
             assert some < len(bodies), "killed too late: everything was already stored"
+
+            async def orphans_gone() -> bool:
+                return not any(map(running, helpers))
+
+            await until(orphans_gone, "the tracker's orphaned processes stopped", timeout=10)
             tracker = start_cli("tracker", env=env)
 
             async def all_stored() -> int:

@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from ulos_py.journey import Journey
-from ulos_py.tracker.store import Message, Store
+from ulos_py.tracker.store import Message, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +27,15 @@ M = TypeVar("M", bound=Message)
 
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds between tries to store a batch while the database fails; the last repeats."""
+
+
+class Writer(Protocol):
+    """Where batches are stored: the `Store` itself, or a process writing to it (see
+    tracker.writer)."""
+
+    async def add(self, batch: Sequence[Message]) -> list[Journey]: ...
+
+    async def reset(self) -> None: ...
 
 
 class Source(Protocol[M]):
@@ -52,7 +61,7 @@ class IngestStatus:
 
 async def ingest(
     source: Source[M],
-    store: Store,
+    store: Writer,
     status: IngestStatus,
     on_change: Callable[[list[Journey]], None],
     size: int = 200,
@@ -70,13 +79,13 @@ async def ingest(
         status.consuming = False
 
 
-async def _commit(store: Store, batch: Sequence[Message], status: IngestStatus) -> list[Journey]:
+async def _commit(store: Writer, batch: Sequence[Message], status: IngestStatus) -> list[Journey]:
     """Store the batch, trying again until the database takes it."""
     attempt = 0
     while True:
         try:
             journeys = await store.add(batch)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, StoreUnavailable) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if status.writable:
                 log.error("tracker_cannot_store", reason=reason, waiting=len(batch))

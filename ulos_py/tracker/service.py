@@ -24,10 +24,11 @@ from ulos_py.tracker.api import Tracker, create_app
 from ulos_py.tracker.cancel import Cancelling
 from ulos_py.tracker.cancel_batches import CancelBatches
 from ulos_py.tracker.events import Changes
-from ulos_py.tracker.ingest import IngestStatus, ingest
+from ulos_py.tracker.ingest import IngestStatus, Writer, ingest
 from ulos_py.tracker.settings import TrackerSettings
 from ulos_py.tracker.store import Store
 from ulos_py.tracker.submit import Submission
+from ulos_py.tracker.writer import WriterProcess
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +98,11 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
     app = create_app(tracker, submit.router, cancel.router, pages.router, *routers)
     server = _Server(uvicorn.Config(app, log_level="warning"))
     storage = FtpStorage(FtpAddress.of(settings), connections=2, retry=RetryPolicy())
+    writer: Writer = store
+    if settings.writer == "process":
+        writer = WriterProcess(
+            settings.database, settings.stuck_after, settings.log_format, settings.log_level
+        )
     try:
         queue = await NoticeQueue.open(connection, settings.queue, settings.batch_size * 2)
         publisher = await rabbitmq.RabbitPublisher.open(connection)
@@ -111,7 +117,7 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
         background = [
             asyncio.create_task(
                 ingest(
-                    queue, store, status, changes.publish, settings.batch_size, settings.batch_wait
+                    queue, writer, status, changes.publish, settings.batch_size, settings.batch_wait
                 )
             ),
             asyncio.create_task(_purge(store, settings)),
@@ -129,6 +135,8 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
         await queue.close()  # what was taken and not stored goes back to the queue
         _reraise(done - {stopping})
     finally:
+        if isinstance(writer, WriterProcess):
+            await writer.close()
         await storage.close()
         await connection.close()
         await store.close()

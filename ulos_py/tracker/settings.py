@@ -28,6 +28,9 @@ class TrackerSettings(CancelSettings):
     """Bearer token of POST /api/tasks and POST /api/tasks/{id}/cancel (both off without it)."""
     batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(200, alias="ULOS_TRACKER_BATCH")
     batch_wait: Annotated[float, Field(gt=0)] = Field(0.05, alias="ULOS_TRACKER_BATCH_WAIT")
+    writer: Literal["process", "loop"] = Field("process", alias="ULOS_TRACKER_WRITER")
+    """Where notices are folded and written: a process of its own (a second core, beside the
+    loop that consumes and serves), or the tracker's loop itself (one process in all)."""
     output_max_bytes: Annotated[int, Field(ge=1)] = Field(
         1 << 20, alias="ULOS_TRACKER_OUTPUT_MAX_BYTES"
     )

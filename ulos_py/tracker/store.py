@@ -35,6 +35,10 @@ FINAL_STATES = frozenset(
 """States a task leaves no more (but for a delivered one taken later): the retention's."""
 
 
+class StoreUnavailable(Exception):
+    """The database (or the process writing to it) did not take a batch; why, in one line."""
+
+
 class Message(Protocol):
     """What the store needs of a message from the tracker's queue."""
 
@@ -95,8 +99,12 @@ class Store:
         self.stuck_after = stuck_after
 
     @classmethod
-    async def open(cls, url: str, stuck_after: timedelta = timedelta(minutes=10)) -> Store:
-        """Connect and bring the schema up to date (Alembic, in one transaction)."""
+    async def open(
+        cls, url: str, stuck_after: timedelta = timedelta(minutes=10), migrate: bool = True
+    ) -> Store:
+        """Connect and bring the schema up to date (Alembic, in one transaction). The writing
+        process of a tracker that migrated already passes `migrate=False`: it connects at
+        its first write, so a database that is down then fails a batch, not its start."""
         driver_url = async_url(url)
         # A file has no server that could drop a pooled connection: no ping on each checkout.
         engine = create_async_engine(driver_url, pool_pre_ping=driver_url.startswith("postgres"))
@@ -104,9 +112,10 @@ class Store:
             event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         store = cls(engine, stuck_after)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_migrate)
-            await store.analyze()
+            if migrate:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_migrate)
+                await store.analyze()
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise ConfigError(f"ULOS_TRACKER_DATABASE: cannot open or migrate: {exc}") from exc
