@@ -20,8 +20,6 @@ With `ULOS_METRICS_PORT=P`, worker i serves its own metrics and health on port P
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import signal
@@ -36,6 +34,7 @@ import structlog
 from ulos_py.errors import ConfigError, UlosError
 from ulos_py.log import configure_logging
 from ulos_py.node import install_signal_handlers, run_event_loop, run_node
+from ulos_py.orphans import term_when_orphaned
 from ulos_py.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,7 +44,6 @@ YOUNG = 10.0
 """A worker that dies sooner than this after its start is restarted after a back-off."""
 MAX_BACKOFF = 30.0
 CONFIG_ERROR = 2
-PR_SET_PDEATHSIG = 1
 MAX_PORT = 65535
 
 
@@ -92,12 +90,6 @@ async def _serve(settings: Settings, supervisor_pid: int) -> None:
     if os.getppid() != supervisor_pid:  # it died before we asked to be told
         stop.set()
     await run_node(settings, stop)
-
-
-def term_when_orphaned() -> None:
-    """Ask Linux for a SIGTERM when the supervisor dies, so an orphan drains and stops."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ulos_py.journey import Journey
 from ulos_py.log import configure_logging
-from ulos_py.supervisor import term_when_orphaned
+from ulos_py.orphans import term_when_orphaned
 from ulos_py.tracker.store import Incoming, Message, Store, StoreUnavailable
 
 _Raw = tuple[bytes, str, str]
