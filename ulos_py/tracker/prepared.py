@@ -1,0 +1,72 @@
+"""The store's hot many-row statements, compiled once and run through the driver's executemany.
+
+SQLAlchemy's `execute(statement, rows)` builds a parameter dict and runs every type's
+processor per row and value on each call; storing a batch of notices spent more of the event
+loop's time there than in the database (6.6 µs a notice for the notices' INSERT, against 2.6
+with rows handed to the driver as tuples). A `Prepared` statement is SQLAlchemy's own SQL for
+the engine's dialect and the column types' own bind processors, so what reaches the database
+is what `execute` would send; a value shared by every row (the batch's time) is processed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Dialect, Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ValuesBase
+
+Processor = Callable[[Any], Any] | None
+
+
+class Prepared:
+    """An INSERT or UPDATE of `table`, its parameters named by `names`: a column's name, or
+    the name of a `bindparam` of the statement whose value (and type) is a row's `alias[name]`
+    column (an UPDATE's WHERE)."""
+
+    def __init__(
+        self,
+        statement: ValuesBase,
+        table: Table,
+        names: Sequence[str],
+        dialect: Dialect,
+        alias: Mapping[str, str] | None = None,
+    ) -> None:
+        columns = [n for n in names if n in table.c]
+        compiled = statement.compile(dialect=dialect, column_keys=columns, for_executemany=True)
+        self.sql = str(compiled)
+        order = list(compiled.positiontup or ())
+        if sorted(order) != sorted(names):
+            raise ValueError(f"{self.sql}: parameters {order}, not {list(names)}")
+        source = alias or {}
+        self.order = order
+        self.keys = [source.get(name, name) for name in order]
+        """The row value each parameter takes, in the SQL's order."""
+        self.processors: list[Processor] = [_processor(table, key, dialect) for key in self.keys]
+
+    async def run(
+        self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]], **shared: Any
+    ) -> None:
+        """Run once per row: each row's values by name, and `shared` ones the same in every
+        row (processed once)."""
+        fixed = {
+            key: p(shared[key]) if p is not None else shared[key]
+            for key, p in zip(self.keys, self.processors, strict=True)
+            if key in shared
+        }
+        plan = list(zip(self.keys, self.processors, strict=True))
+        tuples = [
+            tuple(
+                fixed[n] if n in fixed else p(row[n]) if p is not None else row[n] for n, p in plan
+            )
+            for row in rows
+        ]
+        if tuples:
+            await conn.exec_driver_sql(self.sql, tuples)
+
+
+def _processor(table: Table, column: str, dialect: Dialect) -> Processor:
+    type_ = table.c[column].type
+    processor: Processor = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
