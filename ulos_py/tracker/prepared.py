@@ -45,6 +45,17 @@ class Prepared:
         """The row value each parameter takes, in the SQL's order."""
         self.processors: list[Processor] = [_processor(table, key, dialect) for key in self.keys]
 
+    def bound(self, key: str, value: Any) -> Any:
+        """A value of `key` as the driver takes it."""
+        processor = self.processors[self.keys.index(key)]
+        return processor(value) if processor is not None else value
+
+    async def run_tuples(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+        """Run once per row, each row's values in `keys` order, already `bound`; for the
+        notices, whose only typed value is the batch's time."""
+        if rows:
+            await conn.exec_driver_sql(self.sql, rows)
+
     async def run(
         self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]], **shared: Any
     ) -> None:

@@ -106,6 +106,8 @@ class Store:
         self._new_notices = Prepared(
             self._insert_new(notices, "key"), notices, NOTICE_COLUMNS, dialect
         )
+        if tuple(self._new_notices.keys) != NOTICE_COLUMNS:  # the order `add` binds in
+            raise RuntimeError(f"unexpected notices INSERT: {self._new_notices.sql}")
         self._new_tasks = Prepared(insert(tasks), tasks, TASK_COLUMNS, dialect)
         changed = update(tasks).where(tasks.c.task_id == bindparam("b_task_id"))
         self._changed_tasks = Prepared(
@@ -160,10 +162,9 @@ class Store:
                 found[key] = notice
         async with self.engine.begin() as conn:
             if found:
-                rows = (
-                    {"key": k, "task_id": n.task_id, "body": n.identity} for k, n in found.items()
-                )
-                await self._new_notices.run(conn, rows, stored_at=now)
+                stamp = self._new_notices.bound("stored_at", now)
+                rows = [(k, n.task_id, stamp, n.identity) for k, n in found.items()]
+                await self._new_notices.run_tuples(conn, rows)
             if odd:
                 await conn.execute(self._insert_new(unreadable, "key"), odd)
             touched = sorted({n.task_id for n in found.values() if n.task_id is not None})
