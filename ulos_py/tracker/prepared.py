@@ -5,7 +5,7 @@ processor per row and value on each call; storing a batch of notices spent more 
 loop's time there than in the database (6.6 µs a notice for the notices' INSERT, against 2.6
 with rows handed to the driver as tuples). A `Prepared` statement is SQLAlchemy's own SQL for
 the engine's dialect and the column types' own bind processors, so what reaches the database
-is what `execute` would send; a value shared by every row (the batch's time) is processed once.
+is what `execute` would send; a value the same in every row (the batch's time) is bound once.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ class Prepared:
         if sorted(order) != sorted(names):
             raise ValueError(f"{self.sql}: parameters {order}, not {list(names)}")
         source = alias or {}
-        self.order = order
         self.keys = [source.get(name, name) for name in order]
         """The row value each parameter takes, in the SQL's order."""
         self.processors: list[Processor] = [_processor(table, key, dialect) for key in self.keys]
@@ -56,23 +55,10 @@ class Prepared:
         if rows:
             await conn.exec_driver_sql(self.sql, rows)
 
-    async def run(
-        self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]], **shared: Any
-    ) -> None:
-        """Run once per row: each row's values by name, and `shared` ones the same in every
-        row (processed once)."""
-        fixed = {
-            key: p(shared[key]) if p is not None else shared[key]
-            for key, p in zip(self.keys, self.processors, strict=True)
-            if key in shared
-        }
+    async def run(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Run once per row, each row's values by name."""
         plan = list(zip(self.keys, self.processors, strict=True))
-        tuples = [
-            tuple(
-                fixed[n] if n in fixed else p(row[n]) if p is not None else row[n] for n, p in plan
-            )
-            for row in rows
-        ]
+        tuples = [tuple(p(row[k]) if p is not None else row[k] for k, p in plan) for row in rows]
         if tuples:
             await conn.exec_driver_sql(self.sql, tuples)
 
