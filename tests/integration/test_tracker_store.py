@@ -250,15 +250,7 @@ async def test_a_task_row_and_its_visits_are_written_only_when_they_changed(
     task = await queries.task_journey(store, "t1", now=T0)
     assert task is not None
     assert (task["state"], task["stage"]["routingKey"]) == ("waiting", "b")
-    assert list(task["visits"][0]["steps"]) == [
-        "received",
-        "downloaded",
-        "execution_started",
-        "execution_finished",
-        "uploaded",
-        "forwarded",
-        "acked",
-    ]
+    assert list(task["visits"][0]["steps"]) == [n.body["event"] for n in first[:7]]  # no copy
     every = [n for n in (*first, copy, *other) if n.task_id == "t1"]
     assert await _stored_row(store, "t1") == store._task_row(journey("t1", every))
 
