@@ -15,8 +15,8 @@ from tests.support.journeys import T0, Node
 from ulos_py.journey import Notice, State, journey
 from ulos_py.tracker import queries
 from ulos_py.tracker.queries import TaskFilter
-from ulos_py.tracker.schema import tasks
-from ulos_py.tracker.store import Incoming, Store
+from ulos_py.tracker.schema import tasks, visits
+from ulos_py.tracker.store import Incoming, Store, _visit_rows
 
 
 @pytest.fixture
@@ -268,3 +268,32 @@ async def test_a_notice_no_database_can_hold_as_text_is_kept_as_unreadable(
     odd = Incoming(b'{"taskId": "t9", "event": "received", "note": "\\ud800"}', "x", "logs")
     await store.add([odd, *incoming(Node("t1").stage(("a",)))])
     assert await queries.counts(store) == {"notices": 7, "unreadable": 1, "tasks": 1}
+
+
+async def test_the_derived_tables_are_the_folds_of_every_notice_whatever_the_batches(
+    store: Store,
+) -> None:
+    """Tasks whose notices come over many batches, in any order, some twice: the task rows
+    and visits stored (written, updated or left alone batch after batch) are exactly those
+    the fold of each task's every notice gives."""
+    rng = random.Random(11)
+    every = [
+        *Node("r1").stage(("a", "b")),
+        *Node("r1", "n2", 40).stage(("b",), outcome="fail"),
+        *Node("r2", start=5).stage(("a", "b", "c")),
+        *Node("r3", start=9).stage(("a",)),
+        *Node("r3", "n3", 60).stage(("a",)),  # the same stage again: a second visit
+    ]
+    copies = [*every, *rng.sample(every, 12)]
+    rng.shuffle(copies)
+    while copies:
+        size = rng.randint(1, 6)
+        await store.add(incoming(copies[:size]))
+        copies = copies[size:]
+    for task_id in ("r1", "r2", "r3"):
+        view = journey(task_id, every)
+        assert await _stored_row(store, task_id) == store._task_row(view)
+        async with store.engine.connect() as conn:
+            query = select(visits).where(visits.c.task_id == task_id).order_by(visits.c.seq)
+            stored = [dict(row._mapping) for row in await conn.execute(query)]
+        assert stored == list(_visit_rows(view))
