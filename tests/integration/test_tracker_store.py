@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.support.journeys import T0, Node
+from tests.support.postgres import Postgres
 from ulos_py.journey import Notice, State, journey
 from ulos_py.tracker import queries
 from ulos_py.tracker.queries import TaskFilter
@@ -297,3 +300,28 @@ async def test_the_derived_tables_are_the_folds_of_every_notice_whatever_the_bat
             query = select(visits).where(visits.c.task_id == task_id).order_by(visits.c.seq)
             stored = [dict(row._mapping) for row in await conn.execute(query)]
         assert stored == list(_visit_rows(view))
+
+
+async def test_a_task_purged_between_a_batch_s_read_and_write_keeps_a_row(
+    postgres: Postgres,
+) -> None:
+    """On PostgreSQL the retention's purge may delete a finished task's row after a batch
+    holding a late notice of it read that row and before it writes it: the row is written
+    again (not updated into nothing), so the task and its notices stay readable."""
+    store = await Store.open(postgres.create_database(), stuck_after=timedelta(minutes=5))
+    try:
+        done = Node("late").stage(("a",))
+        await store.add(incoming(done[:-1]))  # completed, not yet acked
+        write = store._changed_tasks.run
+
+        async def purged_first(conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
+            async with store.engine.begin() as other:  # another transaction, as the purge's
+                await other.execute(delete(tasks).where(tasks.c.task_id == "late"))
+            await write(conn, rows)
+
+        store._changed_tasks.run = purged_first  # type: ignore[method-assign]
+        await store.add(incoming(done[-1:]))  # the late ack
+        task = await queries.task_journey(store, "late", now=T0)
+        assert task is not None and task["visits"][0]["settled"] == "acked"
+    finally:
+        await store.close()

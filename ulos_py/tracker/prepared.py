@@ -21,9 +21,7 @@ Processor = Callable[[Any], Any] | None
 
 
 class Prepared:
-    """An INSERT or UPDATE of `table`, its parameters named by `names`: a column's name, or
-    the name of a `bindparam` of the statement whose value (and type) is a row's `alias[name]`
-    column (an UPDATE's WHERE)."""
+    """An INSERT (or upsert) of `table`'s columns `names`."""
 
     def __init__(
         self,
@@ -31,17 +29,14 @@ class Prepared:
         table: Table,
         names: Sequence[str],
         dialect: Dialect,
-        alias: Mapping[str, str] | None = None,
     ) -> None:
-        columns = [n for n in names if n in table.c]
-        compiled = statement.compile(dialect=dialect, column_keys=columns, for_executemany=True)
+        compiled = statement.compile(dialect=dialect, column_keys=names, for_executemany=True)
         self.sql = str(compiled)
         order = list(compiled.positiontup or ())
         if sorted(order) != sorted(names):
             raise ValueError(f"{self.sql}: parameters {order}, not {list(names)}")
-        source = alias or {}
-        self.keys = [source.get(name, name) for name in order]
-        """The row value each parameter takes, in the SQL's order."""
+        self.keys = order
+        """The columns of the parameters, in the SQL's order."""
         self.processors: list[Processor] = [_processor(table, key, dialect) for key in self.keys]
 
     def bound(self, key: str, value: Any) -> Any:

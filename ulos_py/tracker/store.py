@@ -5,7 +5,7 @@ canonical body) and re-derives the journey of every task they touch from all of 
 notices, so the stored journey is the pure fold's, whatever order the notices came in. A task's
 notices and its row are written in the same transaction (and purged together), so a task
 without a row has no notices but the batch's: those are not read back. Only the task rows that
-changed are written (an UPDATE of those, so the text index's triggers fire only when a
+changed are written (updated in place, so the text index's triggers fire only when a
 searched column changed), and their visits. Reading is the queries in `queries.py`. The schema
 is migrated with Alembic at `open`.
 """
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Row, bindparam, delete, event, insert, select, text, update
+from sqlalchemy import Connection, Row, delete, event, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -109,10 +109,7 @@ class Store:
         if tuple(self._new_notices.keys) != NOTICE_COLUMNS:  # the order `add` binds in
             raise RuntimeError(f"unexpected notices INSERT: {self._new_notices.sql}")
         self._new_tasks = Prepared(insert(tasks), tasks, TASK_COLUMNS, dialect)
-        changed = update(tasks).where(tasks.c.task_id == bindparam("b_task_id"))
-        self._changed_tasks = Prepared(
-            changed, tasks, [*TASK_FIELDS, "b_task_id"], dialect, {"b_task_id": "task_id"}
-        )
+        self._changed_tasks = Prepared(self._upsert_tasks(), tasks, TASK_COLUMNS, dialect)
         self._new_visits = Prepared(insert(visits), visits, VISIT_COLUMNS, dialect)
 
     @classmethod
@@ -174,6 +171,15 @@ class Store:
         """An INSERT that skips rows whose key is already stored (a redelivered notice)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+
+    def _upsert_tasks(self) -> Any:
+        """The UPDATE of a changed task row, as an upsert: a row purged meanwhile (on
+        PostgreSQL, between this batch's read and its write) is written again, so the task's
+        notices, the late one included, keep a row and are read back with the next."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        upsert = dialect.insert(tasks)
+        changed = {name: upsert.excluded[name] for name in TASK_FIELDS}
+        return upsert.on_conflict_do_update(index_elements=["task_id"], set_=changed)
 
     async def _derive(
         self, conn: AsyncConnection, task_ids: list[str], known: dict[str, Notice]
