@@ -21,7 +21,7 @@ Processor = Callable[[Any], Any] | None
 
 
 class Prepared:
-    """An INSERT (or upsert) of `table`'s columns `names`."""
+    """An INSERT (or upsert) of `table`'s columns `names`, in the table's order."""
 
     def __init__(
         self,
@@ -32,12 +32,12 @@ class Prepared:
     ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=names, for_executemany=True)
         self.sql = str(compiled)
-        order = list(compiled.positiontup or ())
-        if sorted(order) != sorted(names):
-            raise ValueError(f"{self.sql}: parameters {order}, not {list(names)}")
-        self.keys = order
-        """The columns of the parameters, in the SQL's order."""
+        self.keys = list(compiled.positiontup or ())
+        """The columns of the parameters, in the SQL's order: `names`' (checked)."""
+        if self.keys != list(names):
+            raise ValueError(f"{self.sql}: parameters {self.keys}, not {list(names)}")
         self.processors: list[Processor] = [_processor(table, key, dialect) for key in self.keys]
+        self._plan = list(zip(self.keys, self.processors, strict=True))
 
     def bound(self, key: str, value: Any) -> Any:
         """A value of `key` as the driver takes it."""
@@ -45,17 +45,19 @@ class Prepared:
         return processor(value) if processor is not None else value
 
     async def run_tuples(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
-        """Run once per row, each row's values in `keys` order, already `bound`; for the
-        notices, whose only typed value is the batch's time."""
+        """Run once per row, each row's values in `keys` order as the driver takes them
+        (`bind`, or `bound` for the one typed value of the notices: the batch's time)."""
         if rows:
             await conn.exec_driver_sql(self.sql, rows)
 
+    def bind(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """A row's values by name as the driver takes them, in `keys` order (the values a
+        column holds as the driver gives them back, on both databases: compare with those)."""
+        return tuple(p(row[k]) if p is not None else row[k] for k, p in self._plan)
+
     async def run(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run once per row, each row's values by name."""
-        plan = list(zip(self.keys, self.processors, strict=True))
-        tuples = [tuple(p(row[k]) if p is not None else row[k] for k, p in plan) for row in rows]
-        if tuples:
-            await conn.exec_driver_sql(self.sql, tuples)
+        await self.run_tuples(conn, [self.bind(row) for row in rows])
 
 
 def _processor(table: Table, column: str, dialect: Dialect) -> Processor:

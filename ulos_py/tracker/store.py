@@ -22,11 +22,12 @@ from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Row, delete, event, insert, select, text
+from sqlalchemy import Connection, bindparam, delete, event, insert, select, text, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.types import NullType
 
 from ulos_py.errors import ConfigError
 from ulos_py.journey import Crashed, Journey, Notice, State, journey, read_notice
@@ -38,6 +39,14 @@ NOTICE_COLUMNS = ("key", "task_id", "stored_at", "body")
 TASK_COLUMNS = tuple(column.name for column in tasks.c)
 TASK_FIELDS = tuple(name for name in TASK_COLUMNS if name != "task_id")
 VISIT_COLUMNS = tuple(column.name for column in visits.c)
+STORED_TASKS = select(*(type_coerce(tasks.c[name], NullType()) for name in TASK_COLUMNS)).where(
+    tasks.c.task_id.in_(bindparam("ids", expanding=True))
+)
+"""Task rows as the driver gives them back (no type parses them), in TASK_COLUMNS order: what
+`Prepared.bind` makes of a derived row, to compare with."""
+STORED_NOTICES = select(notices.c.task_id, notices.c.key, notices.c.body).where(
+    notices.c.task_id.in_(bindparam("ids", expanding=True))
+)
 FINAL_STATES = frozenset(
     {State.PASSED, State.FAILED, State.CRASHED, State.CANCELLED, State.DELIVERED}
 )
@@ -106,8 +115,6 @@ class Store:
         self._new_notices = Prepared(
             self._insert_new(notices, "key"), notices, NOTICE_COLUMNS, dialect
         )
-        if tuple(self._new_notices.keys) != NOTICE_COLUMNS:  # the order `add` binds in
-            raise RuntimeError(f"unexpected notices INSERT: {self._new_notices.sql}")
         self._new_tasks = Prepared(insert(tasks), tasks, TASK_COLUMNS, dialect)
         self._changed_tasks = Prepared(self._upsert_tasks(), tasks, TASK_COLUMNS, dialect)
         self._new_visits = Prepared(insert(visits), visits, VISIT_COLUMNS, dialect)
@@ -187,40 +194,36 @@ class Store:
         """Fold each task's notices again and write its task row and visits where they
         changed (the notices of this batch, `known` by key, are not parsed twice; those
         stored before are read only for the tasks that have a row)."""
-        stored = {
-            row.task_id: row
-            for row in await conn.execute(select(tasks).where(tasks.c.task_id.in_(task_ids)))
-        }
+        rows = await conn.execute(STORED_TASKS, {"ids": task_ids})
+        stored: dict[Any, tuple[Any, ...]] = {row[0]: tuple(row) for row in rows}
         bodies: dict[str, list[Notice]] = defaultdict(list)
         for notice in known.values():
             if notice.task_id is not None:
                 bodies[notice.task_id].append(notice)
         if stored:
-            query = select(notices.c.task_id, notices.c.key, notices.c.body).where(
-                notices.c.task_id.in_(list(stored))
-            )
-            for task_id, key, body in await conn.execute(query):
+            for task_id, key, body in await conn.execute(STORED_NOTICES, {"ids": list(stored)}):
                 if key not in known:
                     bodies[task_id].append(Notice.stored(body))
         journeys = [journey(task_id, bodies[task_id]) for task_id in task_ids]
-        new: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
+        new: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
         visit_rows: list[dict[str, Any]] = []
         for view in journeys:
-            row = self._task_row(view)
+            # Compared as the driver takes and gives them: the stored values are not parsed.
+            row = self._new_tasks.bind(self._task_row(view))
             before = stored.get(view.task_id)
             if before is None:
                 new.append(row)
-            elif not _same(before, row):
+            elif before != row:
                 changed.append(row)
             else:
                 continue
             visit_rows += _visit_rows(view)
         if changed:
-            ids = [row["task_id"] for row in changed]
+            ids = [row[0] for row in changed]
             await conn.execute(delete(visits).where(visits.c.task_id.in_(ids)))
-            await self._changed_tasks.run(conn, changed)
-        await self._new_tasks.run(conn, new)
+            await self._changed_tasks.run_tuples(conn, changed)
+        await self._new_tasks.run_tuples(conn, new)
         await self._new_visits.run(conn, visit_rows)
         return journeys
 
@@ -265,11 +268,6 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-
-
-def _same(stored: Row[Any], row: dict[str, Any]) -> bool:
-    """Whether a task's stored row holds the values derived now."""
-    return all(stored._mapping[name] == row[name] for name in TASK_FIELDS)
 
 
 def _notice_key(notice: Notice) -> str | None:
