@@ -145,8 +145,11 @@ End = Forwarded | Completed | Crashed
 
 _T = TypeVar("_T")
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-"""Notice bodies in canonical form (one encoder, not one per notice as `json.dumps` makes)."""
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), check_circular=False
+)
+"""Notice bodies in canonical form (one encoder, not one per notice as `json.dumps` makes).
+A parsed body holds no cycle: the check for one was a tenth of the encoding."""
 
 
 class _cached(Generic[_T]):
@@ -233,7 +236,7 @@ class Notice:
     @classmethod
     def stored(cls, identity: str) -> Notice:
         """A notice from its identity (the canonical body a store keeps), which it reuses."""
-        notice = cls(json.loads(identity))
+        notice = cls(_parsed(identity))
         notice.__dict__["identity"] = identity  # what the cached property would compute
         return notice
 
@@ -248,19 +251,23 @@ class Notice:
 
 
 def read_notice(raw: bytes) -> Notice | None:
-    """The notice in a message body; None when the body is not a JSON object.
-
-    pydantic-core's parser reads a notice in 40 % of the standard library's time (the
-    tracker reads every notice); what it refuses (UTF-16, a byte-order mark, nesting past
-    its limit) is read by the standard library as before."""
+    """The notice in a message body; None when the body is not a JSON object."""
     try:
-        body = from_json(raw)
-    except ValueError:
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond reason
-            return None
+        body = _parsed(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond reason
+        return None
     return Notice(body) if isinstance(body, dict) else None
+
+
+def _parsed(data: bytes | str) -> Any:
+    """JSON read by pydantic-core's parser, in 40 % of the standard library's time (the
+    tracker reads every notice, and again each stored one its task's next notice folds
+    with); what it refuses (UTF-16, a byte-order mark, nesting past its limit) is read by
+    the standard library as before."""
+    try:
+        return from_json(data)
+    except (ValueError, TypeError):  # TypeError: a str it cannot make UTF-8 (a lone surrogate)
+        return json.loads(data)
 
 
 @dataclass(frozen=True)
@@ -401,17 +408,18 @@ class Journey:
 def journey(task_id: str, notices: Iterable[Notice]) -> Journey:
     """The journey its notices tell, the same in whatever order or how often they came.
 
-    Folded into a list of visits and the task's fields, frozen once at the end: a copy of
-    the journey per notice was most of the fold's cost (the tracker folds every notice)."""
+    Folded into drafts of visits changed in place and the task's fields, frozen once at the
+    end: a copy of the journey, then of a visit, per notice was most of the fold's cost (the
+    tracker folds every notice)."""
     unique = {notice.identity: notice for notice in notices if notice.task_id == task_id}
-    visits: list[StageVisit] = []
+    visits: list[_Visit] = []
     fields = _Fields()
     for notice in sorted(unique.values(), key=Notice.order):
         fields.take(notice)
         _fold(visits, notice)
     return Journey(
         task_id,
-        tuple(visits),
+        tuple(visit.freeze() for visit in visits),
         fields.owner,
         fields.file_path,
         fields.timeout,
@@ -420,7 +428,7 @@ def journey(task_id: str, notices: Iterable[Notice]) -> Journey:
     )
 
 
-def _fold(visits: list[StageVisit], notice: Notice) -> None:
+def _fold(visits: list[_Visit], notice: Notice) -> None:
     """The visits after one more notice, taken in the order things happened.
 
     A notice joins the latest visit of the stage it names. `received` starts a new visit:
@@ -428,16 +436,15 @@ def _fold(visits: list[StageVisit], notice: Notice) -> None:
     first attempt when the stage's latest visit went on (a tree may come back to a stage).
     """
     stage, event = notice.stage, notice.event
-    index = _latest_visit(visits, stage)
-    if index is None or event == Event.RECEIVED:
+    before = _latest_visit(visits, stage)
+    if before is None or event == Event.RECEIVED:
         attempt = 1
-        if index is not None:
-            before = visits[index]
+        if before is not None:
             went_on = isinstance(before.end, Forwarded | Completed)
             attempt = 1 if went_on or before.settled == Event.ACKED else before.attempt + 1
-        visits.append(_changed(StageVisit(stage, event, attempt, notice.node_id), notice))
-    else:
-        visits[index] = _changed(visits[index], notice)
+        before = _Visit(stage, attempt, notice.node_id)
+        visits.append(before)
+    before.take(notice)
 
 
 @dataclass
@@ -463,45 +470,75 @@ class _Fields:
         self.updated_at = when or self.updated_at
 
 
-def _latest_visit(visits: list[StageVisit], stage: StageKey | None) -> int | None:
+def _latest_visit(visits: list[_Visit], stage: StageKey | None) -> _Visit | None:
     for index in range(len(visits) - 1, -1, -1):
         if visits[index].stage == stage:
-            return index
+            return visits[index]
     return None
 
 
-def _changed(visit: StageVisit, notice: Notice) -> StageVisit:
-    """What one notice adds to its stage visit; a repeated step adds nothing new."""
-    event, when = notice.event, notice.timestamp
-    steps = visit.steps
-    if when is not None and all(step != event for step, _ in steps):
-        steps = (*steps, (event, when))
-    outcome, end, settled, requeued = visit.outcome, visit.end, visit.settled, visit.requeued
-    if event == Event.EXECUTION_FINISHED:
-        outcome = notice.outcome
-    elif event == Event.FORWARDED:
-        target = StageKey.of(notice.body.get("target"))
-        end = Forwarded(target, _final(notice.body, target))
-    elif event == Event.COMPLETED:
-        end = Completed()
-    elif event == Event.CRASHED:
-        end = notice.crash
-        requeued = requeued or end.requeued
-    elif event == Event.ACKED:
-        settled = event
-    elif event == Event.REJECTED:
-        settled, requeued = event, requeued or notice.requeued
-    return StageVisit(
-        visit.stage,
-        event,
-        visit.attempt,
-        visit.node_id or notice.node_id,
-        steps,
-        outcome,
-        end,
-        settled,
-        requeued,
+class _Visit:
+    """A stage visit while folding, changed in place by each notice; `freeze` makes the
+    `StageVisit` once the fold is done."""
+
+    __slots__ = (
+        "attempt",
+        "end",
+        "events",
+        "last_event",
+        "node_id",
+        "outcome",
+        "requeued",
+        "settled",
+        "stage",
+        "steps",
     )
+
+    def __init__(self, stage: StageKey | None, attempt: int, node_id: str | None) -> None:
+        self.stage, self.attempt, self.node_id = stage, attempt, node_id
+        self.last_event = ""
+        self.steps: list[tuple[str, datetime]] = []
+        self.events: set[str] = set()
+        self.outcome: str | None = None
+        self.end: End | None = None
+        self.settled: str | None = None
+        self.requeued = False
+
+    def take(self, notice: Notice) -> None:
+        """What one notice adds to its stage visit; a repeated step adds nothing new."""
+        event, when = notice.event, notice.timestamp
+        self.last_event = event
+        self.node_id = self.node_id or notice.node_id
+        if when is not None and event not in self.events:
+            self.events.add(event)
+            self.steps.append((event, when))
+        if event == Event.EXECUTION_FINISHED:
+            self.outcome = notice.outcome
+        elif event == Event.FORWARDED:
+            target = StageKey.of(notice.body.get("target"))
+            self.end = Forwarded(target, _final(notice.body, target))
+        elif event == Event.COMPLETED:
+            self.end = Completed()
+        elif event == Event.CRASHED:
+            crash = self.end = notice.crash
+            self.requeued = self.requeued or crash.requeued
+        elif event == Event.ACKED:
+            self.settled = event
+        elif event == Event.REJECTED:
+            self.settled, self.requeued = event, self.requeued or notice.requeued
+
+    def freeze(self) -> StageVisit:
+        return StageVisit(
+            self.stage,
+            self.last_event,
+            self.attempt,
+            self.node_id,
+            tuple(self.steps),
+            self.outcome,
+            self.end,
+            self.settled,
+            self.requeued,
+        )
 
 
 def _final(body: dict[str, Any], target: StageKey | None) -> bool:

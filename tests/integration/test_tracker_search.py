@@ -95,11 +95,16 @@ async def test_the_index_follows_changes_and_purges(store: Store) -> None:
     assert await found(store, "review") == ["moving"]  # waiting at review
     later = Node("moving", start=100).stage(("review", "report"))
     for notice in later:
-        notice.body["taskOwnerId"] = "frank"
-    await add(store, later)  # went on to report, under another owner
+        notice.body["taskOwnerId"] = "erin"
+    await add(store, later[:2])  # running at review: its row updated, no searched text moved
+    assert await found(store, "review") == ["moving"]
+    for notice in later:
+        notice.body.update(taskOwnerId="frank", filePath="/ftp/renamed.zip")
+    await add(store, later[2:])  # went on to report, under another owner and path
     assert (await found(store, "review"), await found(store, "report")) == ([], ["moving"])
     assert await found(store, "frank") == ["moving"]
     assert await found(store, "erin") == []
+    assert (await found(store, "renamed"), await found(store, "ftp/moving")) == (["moving"], [])
     await add(store, task("gone", "gina", 200))
     assert await found(store, "gone") == ["gone"]
     await store.purge(timedelta(days=1), now=T0 + timedelta(days=2))

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.support.journeys import T0, Node
-from ulos_py.journey import Notice, State
+from tests.support.postgres import Postgres
+from ulos_py.journey import Notice, State, journey
 from ulos_py.tracker import queries
 from ulos_py.tracker.queries import TaskFilter
-from ulos_py.tracker.store import Incoming, Store
+from ulos_py.tracker.schema import tasks, visits
+from ulos_py.tracker.store import Incoming, Store, _visit_rows
 
 
 @pytest.fixture
@@ -194,3 +199,129 @@ async def test_the_schema_migrates_once_and_opens_again(database_url: str) -> No
         assert await again.writable()
     finally:
         await again.close()
+
+
+WRITE_LOG = {
+    "sqlite": [
+        "CREATE TABLE writes (what TEXT)",
+        *(
+            f"CREATE TRIGGER log_{op.lower()}_{table} AFTER {op} ON {table} "
+            f"BEGIN INSERT INTO writes VALUES ('{op} {table}'); END"
+            for op in ("INSERT", "UPDATE", "DELETE")
+            for table in ("tasks", "visits")
+        ),
+    ],
+    "postgresql": [
+        "CREATE TABLE writes (what TEXT)",
+        "CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO writes VALUES (TG_OP || ' ' || TG_TABLE_NAME); RETURN NULL; END $$",
+        *(
+            f"CREATE TRIGGER log_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION log_write()"
+            for table in ("tasks", "visits")
+        ),
+    ],
+}
+
+
+async def _writes(store: Store) -> list[str]:
+    """The row writes to tasks and visits since the last call, in order (then forgotten)."""
+    async with store.engine.begin() as conn:
+        done = [row[0] for row in await conn.exec_driver_sql("SELECT what FROM writes")]
+        await conn.exec_driver_sql("DELETE FROM writes")
+    return sorted(done)
+
+
+async def test_a_task_row_and_its_visits_are_written_only_when_they_changed(
+    store: Store,
+) -> None:
+    async with store.engine.begin() as conn:
+        for statement in WRITE_LOG[store.engine.dialect.name]:
+            await conn.exec_driver_sql(statement)
+    first, other = Node("t1").stage(("a", "b", "c")), Node("t2").stage(("a",))
+    await store.add(incoming([*first[:3], *other]))
+    assert await _writes(store) == ["INSERT tasks"] * 2 + ["INSERT visits"] * 2
+    # Redelivered, and a new notice that tells nothing new (a copy of a step with a field
+    # the fold does not read): t1's row and visits are left alone; t2 changed.
+    copy = Notice({**first[1].body, "logMessage": "downloaded again"})
+    await store.add(incoming([*first[:3], copy, *Node("t2", start=50).stage(("a",))]))
+    changed = ["DELETE visits", "INSERT visits", "INSERT visits", "UPDATE tasks"]
+    assert await _writes(store) == changed
+    assert (await queries.counts(store))["notices"] == 3 + 7 + 1 + 7
+    await store.add(incoming(first[3:]))  # t1 went on to b
+    assert await _writes(store) == ["DELETE visits", "INSERT visits", "UPDATE tasks"]
+    task = await queries.task_journey(store, "t1", now=T0)
+    assert task is not None
+    assert (task["state"], task["stage"]["routingKey"]) == ("waiting", "b")
+    assert list(task["visits"][0]["steps"]) == [n.body["event"] for n in first[:7]]  # no copy
+    every = [n for n in (*first, copy, *other) if n.task_id == "t1"]
+    assert await _stored_row(store, "t1") == store._task_row(journey("t1", every))
+
+
+async def _stored_row(store: Store, task_id: str) -> dict[str, object]:
+    async with store.engine.connect() as conn:
+        query = select(tasks).where(tasks.c.task_id == task_id)
+        return dict((await conn.execute(query)).one()._mapping)
+
+
+async def test_a_notice_no_database_can_hold_as_text_is_kept_as_unreadable(
+    store: Store,
+) -> None:
+    """JSON may escape a lone UTF-16 surrogate, which no UTF-8 text column takes."""
+    odd = Incoming(b'{"taskId": "t9", "event": "received", "note": "\\ud800"}', "x", "logs")
+    await store.add([odd, *incoming(Node("t1").stage(("a",)))])
+    assert await queries.counts(store) == {"notices": 7, "unreadable": 1, "tasks": 1}
+
+
+async def test_the_derived_tables_are_the_folds_of_every_notice_whatever_the_batches(
+    store: Store,
+) -> None:
+    """Tasks whose notices come over many batches, in any order, some twice: the task rows
+    and visits stored (written, updated or left alone batch after batch) are exactly those
+    the fold of each task's every notice gives."""
+    rng = random.Random(11)
+    every = [
+        *Node("r1").stage(("a", "b")),
+        *Node("r1", "n2", 40).stage(("b",), outcome="fail"),
+        *Node("r2", start=5).stage(("a", "b", "c")),
+        *Node("r3", start=9).stage(("a",)),
+        *Node("r3", "n3", 60).stage(("a",)),  # the same stage again: a second visit
+    ]
+    copies = [*every, *rng.sample(every, 12)]
+    rng.shuffle(copies)
+    while copies:
+        size = rng.randint(1, 6)
+        await store.add(incoming(copies[:size]))
+        copies = copies[size:]
+    for task_id in ("r1", "r2", "r3"):
+        view = journey(task_id, every)
+        assert await _stored_row(store, task_id) == store._task_row(view)
+        async with store.engine.connect() as conn:
+            query = select(visits).where(visits.c.task_id == task_id).order_by(visits.c.seq)
+            stored = [dict(row._mapping) for row in await conn.execute(query)]
+        assert stored == list(_visit_rows(view))
+
+
+async def test_a_task_purged_between_a_batch_s_read_and_write_keeps_a_row(
+    postgres: Postgres,
+) -> None:
+    """On PostgreSQL the retention's purge may delete a finished task's row after a batch
+    holding a late notice of it read that row and before it writes it: the row is written
+    again (not updated into nothing), so the task and its notices stay readable."""
+    store = await Store.open(postgres.create_database(), stuck_after=timedelta(minutes=5))
+    try:
+        done = Node("late").stage(("a",))
+        await store.add(incoming(done[:-1]))  # completed, not yet acked
+        write = store._changed_tasks.run
+
+        async def purged_first(conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
+            async with store.engine.begin() as other:  # another transaction, as the purge's
+                await other.execute(delete(tasks).where(tasks.c.task_id == "late"))
+            await write(conn, rows)
+
+        store._changed_tasks.run = purged_first  # type: ignore[method-assign]
+        await store.add(incoming(done[-1:]))  # the late ack
+        task = await queries.task_journey(store, "late", now=T0)
+        assert task is not None and task["visits"][0]["settled"] == "acked"
+    finally:
+        await store.close()

@@ -8,7 +8,9 @@ index is each database's own kind of object and lives in migration 0004 alone (`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -39,6 +41,20 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        """On SQLite, SQLAlchemy's DATETIME text (`YYYY-MM-DD HH:MM:SS.ffffff`) in one step:
+        its processor formats each field through a dict, 3 times as long, and the tracker
+        binds 7 times per task it derives."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

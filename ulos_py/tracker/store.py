@@ -2,8 +2,12 @@
 
 Writing is `add`: one transaction stores a batch of notices (each once, by the hash of its
 canonical body) and re-derives the journey of every task they touch from all of that task's
-notices, so the stored journey is the pure fold's, whatever order the notices came in.
-Reading is the queries in `queries.py`. The schema is migrated with Alembic at `open`.
+notices, so the stored journey is the pure fold's, whatever order the notices came in. A task's
+notices and its row are written in the same transaction (and purged together), so a task
+without a row has no notices but the batch's: those are not read back. Only the task rows that
+changed are written (updated in place, so the text index's triggers fire only when a
+searched column changed), and their visits. Reading is the queries in `queries.py`. The schema
+is migrated with Alembic at `open`.
 """
 
 from __future__ import annotations
@@ -18,17 +22,31 @@ from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, delete, event, insert, select, text
+from sqlalchemy import Connection, bindparam, delete, event, insert, select, text, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.types import NullType
 
 from ulos_py.errors import ConfigError
 from ulos_py.journey import Crashed, Journey, Notice, State, journey, read_notice
+from ulos_py.tracker.prepared import Prepared
 from ulos_py.tracker.schema import notices, tasks, unreadable, visits
 
 DEFAULT_DATABASE = "sqlite:///ulos-tracker.sqlite3"
+NOTICE_COLUMNS = ("key", "task_id", "stored_at", "body")
+TASK_COLUMNS = tuple(column.name for column in tasks.c)
+TASK_FIELDS = tuple(name for name in TASK_COLUMNS if name != "task_id")
+VISIT_COLUMNS = tuple(column.name for column in visits.c)
+STORED_TASKS = select(*(type_coerce(tasks.c[name], NullType()) for name in TASK_COLUMNS)).where(
+    tasks.c.task_id.in_(bindparam("ids", expanding=True))
+)
+"""Task rows as the driver gives them back (no type parses them), in TASK_COLUMNS order: what
+`Prepared.bind` makes of a derived row, to compare with."""
+STORED_NOTICES = select(notices.c.task_id, notices.c.key, notices.c.body).where(
+    notices.c.task_id.in_(bindparam("ids", expanding=True))
+)
 FINAL_STATES = frozenset(
     {State.PASSED, State.FAILED, State.CRASHED, State.CANCELLED, State.DELIVERED}
 )
@@ -97,6 +115,13 @@ class Store:
     def __init__(self, engine: AsyncEngine, stuck_after: timedelta) -> None:
         self.engine = engine
         self.stuck_after = stuck_after
+        dialect = engine.dialect
+        self._new_notices = Prepared(
+            self._insert_new(notices, "key"), notices, NOTICE_COLUMNS, dialect
+        )
+        self._new_tasks = Prepared(insert(tasks), tasks, TASK_COLUMNS, dialect)
+        self._changed_tasks = Prepared(self._upsert_tasks(), tasks, TASK_COLUMNS, dialect)
+        self._new_visits = Prepared(insert(visits), visits, VISIT_COLUMNS, dialect)
 
     @classmethod
     async def open(
@@ -139,49 +164,76 @@ class Store:
     async def add(self, batch: Sequence[Message]) -> list[Journey]:
         """Store a batch in one transaction; the journeys of the tasks it touched."""
         now = datetime.now(UTC)
-        found: list[tuple[str, Notice]] = []
+        found: dict[str, Notice] = {}
         odd: list[dict[str, Any]] = []
         for message in batch:
             notice = read_notice(message.body)
-            if notice is None:
+            key = _notice_key(notice) if notice is not None else None
+            if notice is None or key is None:
                 odd.append(_unreadable_row(message, now))
             else:
-                found.append((_key(notice.identity.encode()), notice))
+                found[key] = notice
         async with self.engine.begin() as conn:
             if found:
-                rows = [
-                    {"key": k, "task_id": n.task_id, "stored_at": now, "body": n.identity}
-                    for k, n in found
-                ]
-                await conn.execute(self._insert_new(notices, "key"), rows)
+                stamp = self._new_notices.bound("stored_at", now)
+                rows = [(k, n.task_id, stamp, n.identity) for k, n in found.items()]
+                await self._new_notices.run_tuples(conn, rows)
             if odd:
                 await conn.execute(self._insert_new(unreadable, "key"), odd)
-            touched = sorted({n.task_id for _, n in found if n.task_id is not None})
-            return await self._derive(conn, touched, dict(found)) if touched else []
+            touched = sorted({n.task_id for n in found.values() if n.task_id is not None})
+            return await self._derive(conn, touched, found) if touched else []
 
     def _insert_new(self, table: Any, key: str) -> Any:
         """An INSERT that skips rows whose key is already stored (a redelivered notice)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
 
+    def _upsert_tasks(self) -> Any:
+        """The UPDATE of a changed task row, as an upsert: a row purged meanwhile (on
+        PostgreSQL, between this batch's read and its write) is written again, so the task's
+        notices, the late one included, keep a row and are read back with the next."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        upsert = dialect.insert(tasks)
+        changed = {name: upsert.excluded[name] for name in TASK_FIELDS}
+        return upsert.on_conflict_do_update(index_elements=["task_id"], set_=changed)
+
     async def _derive(
         self, conn: AsyncConnection, task_ids: list[str], known: dict[str, Notice]
     ) -> list[Journey]:
-        """Fold each task's notices again and replace its task row and visits (the notices
-        of this batch, `known` by key, are not parsed twice)."""
+        """Fold each task's notices again and write its task row and visits where they
+        changed (the notices of this batch, `known` by key, are not parsed twice; those
+        stored before are read only for the tasks that have a row)."""
+        rows = await conn.execute(STORED_TASKS, {"ids": task_ids})
+        stored: dict[Any, tuple[Any, ...]] = {row[0]: tuple(row) for row in rows}
         bodies: dict[str, list[Notice]] = defaultdict(list)
-        query = select(notices.c.task_id, notices.c.key, notices.c.body).where(
-            notices.c.task_id.in_(task_ids)
-        )
-        for task_id, key, body in await conn.execute(query):
-            bodies[task_id].append(known.get(key) or Notice.stored(body))
+        for notice in known.values():
+            if notice.task_id is not None:
+                bodies[notice.task_id].append(notice)
+        if stored:
+            for task_id, key, body in await conn.execute(STORED_NOTICES, {"ids": list(stored)}):
+                if key not in known:
+                    bodies[task_id].append(Notice.stored(body))
         journeys = [journey(task_id, bodies[task_id]) for task_id in task_ids]
-        await conn.execute(delete(tasks).where(tasks.c.task_id.in_(task_ids)))
-        await conn.execute(delete(visits).where(visits.c.task_id.in_(task_ids)))
-        await conn.execute(insert(tasks), [self._task_row(view) for view in journeys])
-        visit_rows = [row for view in journeys for row in _visit_rows(view)]
-        if visit_rows:
-            await conn.execute(insert(visits), visit_rows)
+        new: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
+        visit_rows: list[dict[str, Any]] = []
+        for view in journeys:
+            # Compared as the driver takes and gives them: the stored values are not parsed.
+            row = self._new_tasks.bind(self._task_row(view))
+            before = stored.get(view.task_id)
+            if before is None:
+                new.append(row)
+            elif before != row:
+                changed.append(row)
+            else:
+                continue
+            visit_rows += _visit_rows(view)
+        if changed:
+            ids = [row[0] for row in changed]
+            await conn.execute(delete(visits).where(visits.c.task_id.in_(ids)))
+            await self._changed_tasks.run_tuples(conn, changed)
+        await self._new_tasks.run_tuples(conn, new)
+        await self._new_visits.run(conn, visit_rows)
         return journeys
 
     def _task_row(self, view: Journey) -> dict[str, Any]:
@@ -225,6 +277,15 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+
+def _notice_key(notice: Notice) -> str | None:
+    """The hash of a notice's canonical body; None for a body no database can hold as text
+    (a lone UTF-16 surrogate, which JSON may escape): kept as unreadable instead."""
+    try:
+        return _key(notice.identity.encode())
+    except UnicodeEncodeError:
+        return None
 
 
 def _key(data: bytes) -> str:
