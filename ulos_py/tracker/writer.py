@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Sequence
@@ -96,6 +97,9 @@ def _open(url: str, stuck_after: float, log_format: str, log_level: str, parent:
     _store = _loop.run_until_complete(
         Store.open(url, timedelta(seconds=stuck_after), migrate=False)
     )
+    # What start-up made lives as long as the process: the collector need not walk it again
+    # at every collection of a batch's short-lived notices and journeys.
+    gc.freeze()
 
 
 def _add(raw: list[_Raw]) -> tuple[list[Journey], str | None]:
