@@ -25,6 +25,8 @@ class Changes:
         self._stuck_after = stuck_after
 
     def publish(self, journeys: list[Journey]) -> None:
+        if not self._subscribers:  # nobody watches: every stored batch passes here
+            return
         now = datetime.now(UTC)
         for view in journeys:
             stage = view.stage
