@@ -134,9 +134,8 @@ def bursts_of(times: list[float], gap: float = 0.01) -> int:
 async def test_live_cancels_arrive_in_a_few_bursts_each_within_the_interval(
     follow: Follow, stream: Stream, names: Names
 ) -> None:
-    """60 cancels published one every 20 ms or so, over about 1.3 s, reach the board in 6-8
-    groups (one per 0.2 s opening of the socket), not 60 separate reads, none later than the
-    interval."""
+    """60 cancels published one every 20 ms or so reach the board in groups, one per 0.2 s
+    opening of the socket, not 60 separate reads, none later than the interval."""
     reading = BurstReading()
     board = await follow(reading)
     ids = [f"{names.prefix}-live-{n}" for n in range(60)]
@@ -148,7 +147,9 @@ async def test_live_cancels_arrive_in_a_few_bursts_each_within_the_interval(
 
     groups = bursts_of([board.seen[task_id] for task_id in ids])
     late = max(board.seen[task_id] - sent[task_id] for task_id in ids)
-    assert groups <= 12, f"{groups} reads for 60 cancels over about 1.3 s"
+    spread = sent[ids[-1]] - sent[ids[0]]  # longer than 1.2 s on a loaded machine
+    assert groups <= spread / reading.interval + 3, f"{groups} reads over {spread:.2f} s"
+    assert groups <= len(ids) // 3
     assert reading.bursting  # switched once the (empty) backlog was read
     assert late < reading.interval + 0.3, (
         f"a cancel reached the board {late:.3f} s after it was sent"
