@@ -20,15 +20,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
-from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 import structlog
 import uvloop
-from aio_pika.abc import AbstractRobustConnection
 
 from ulos_py.adapters import rabbitmq, rabbitmq_deliveries
-from ulos_py.adapters.amqp_bursts import BurstReading
 from ulos_py.adapters.cancellations import follow_cancellations
 from ulos_py.adapters.docker_engine import DockerEngine
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
@@ -114,8 +111,9 @@ async def _serve(
         return DockerExecutor(spec, engine, settings.node_id, limits)
 
     registry = load_registry(settings.executors_file, docker_executor)
-    address = rabbitmq.BrokerAddress.of(settings, f"ulos-py node {settings.node_id}")
-    connection = await rabbitmq.connect_when_up(address, stop)
+    connection = await rabbitmq.connect_when_up(
+        rabbitmq.BrokerAddress.of(settings, f"ulos-py node {settings.node_id}"), stop
+    )
     if connection is None:
         return
     metrics.set_connected(True)
@@ -137,7 +135,6 @@ async def _serve(
         connections=settings.storage_connections,
         retry=RetryPolicy(settings.storage_retries, settings.storage_retry_delay),
     )
-    cancels: AbstractRobustConnection | None = None
     try:
         publisher = await rabbitmq.RabbitPublisher.open(connection)
         for variable, exchange in (
@@ -152,17 +149,8 @@ async def _serve(
             log.warning("storage_unreachable", reason=str(exc))
         # Before the first task: one cancelled before the node started must be known to it.
         board = CancelBoard(CancellationMemory(settings.cancel_memory, settings.cancel_retention))
-        # Their own connection: its socket is read in bursts, the tasks' is not held by it.
-        reading = BurstReading()
-        cancels = await rabbitmq.connect_when_up(
-            replace(address, connection_name=f"{address.connection_name} cancellations"),
-            stop,
-            reading,
-        )
-        if cancels is None:
-            return
         stop_following = await follow_cancellations(
-            cancels, settings.cancel_exchange, settings.cancel_stream, board, reading
+            connection, settings.cancel_exchange, settings.cancel_stream, board
         )
         queue = await rabbitmq_deliveries.open_queue(
             connection, settings.consumption_queue, settings.prefetch_count
@@ -206,8 +194,6 @@ async def _serve(
         metrics.set_consuming(False)
         unwatch()
         await storage.close()
-        if cancels is not None:
-            await cancels.close()
         await connection.close()
         metrics.set_connected(False)
     log.info("stopped")

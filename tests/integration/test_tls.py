@@ -19,7 +19,6 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.integration.test_cancel import STOP_WITHIN, cancel, slow_registry
 from tests.support.harness import (
     Pipeline,
     make_zip,
@@ -115,39 +114,6 @@ async def test_a_node_processes_a_task_over_amqps_and_ftps(
     assert {"uploaded", "forwarded", "acked"} <= set(events)
     assert f"output_{names.exchange}_skip.txt" in zip_names(ftps_server.get(path))
     assert ftps_server.handler.logins > logins  # it was this server, which takes TLS only
-
-
-async def test_a_cancel_over_amqps_stops_a_running_task_within_2_s(
-    tls_line: Pipeline,
-    names: Names,
-    tls_broker: TlsBroker,
-    ftps_server: FtpServer,
-    tls_certificates: Certificates,
-    tmp_path: Path,
-    amqps: AbstractRobustConnection,
-) -> None:
-    """The node's cancels come on a connection of their own, read in bursts: over TLS too."""
-    doomed, path = f"{names.prefix}-tls-doomed", f"/{names.prefix}/doomed.zip"
-    ftps_server.put(path, make_zip({"main.py": "print('hi')\n"}))
-    work_dir = tmp_path / "work"
-    work_dir.mkdir()
-    settings = node_settings(
-        names,
-        tls_broker,
-        ftps_server,
-        work_dir,
-        ULOS_EXECUTORS_FILE=slow_registry(tmp_path),
-        **tls_broker.values(),
-        **ftps_values(tls_certificates),
-    )
-    async with running_node(settings):
-        await tls_line.publish(task(doomed, path, stage(names.exchange, "slow")))
-        await tls_line.logs_until(doomed, "execution_started")
-        sent = await cancel(amqps, doomed, "over TLS")
-        crash = await tls_line.next_json("crashes", timeout=STOP_WITHIN + 1)
-        stopped_after = time.monotonic() - sent
-    assert (crash["taskId"], crash["error"]["kind"]) == (doomed, "cancelled")
-    assert stopped_after < STOP_WITHIN
 
 
 async def test_operator_connections_use_tls_from_the_settings(

@@ -75,15 +75,16 @@ class _CoalescingTransport(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._inner.set_write_buffer_limits(high, low)
 
-    # uvloop's transports read but are not registered as asyncio.ReadTransport: by name.
     def is_reading(self) -> bool:
-        return bool(self._inner.is_reading())  # type: ignore[attr-defined]
+        return isinstance(self._inner, asyncio.ReadTransport) and self._inner.is_reading()
 
     def pause_reading(self) -> None:
-        self._inner.pause_reading()  # type: ignore[attr-defined]
+        if isinstance(self._inner, asyncio.ReadTransport):
+            self._inner.pause_reading()
 
     def resume_reading(self) -> None:
-        self._inner.resume_reading()  # type: ignore[attr-defined]
+        if isinstance(self._inner, asyncio.ReadTransport):
+            self._inner.resume_reading()
 
 
 class CoalescingTransportFactory(TransportFactory):

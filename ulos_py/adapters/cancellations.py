@@ -12,9 +12,7 @@ A delivery is what a cancel costs a node (a flood of separate cancels is a flood
 they are taken at the lowest cost the client has: aiormq's consumer, without aio-pika's
 message object and second asyncio task per delivery, acknowledged ACK_EVERY at once. The
 stream's credit (STREAM_PREFETCH) keeps a flood's backlog on the broker's disk, not in the
-node's memory. A node follows them on a connection of their own whose socket, once the
-backlog is read, is read in bursts (`amqp_bursts`): a flood's messages then come in a few
-large reads, not one wake-up each.
+node's memory.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from ulos_py.adapters.amqp_bursts import BurstReading
 from ulos_py.adapters.rabbitmq import BROKER_LOST, exchange_exists, short_lived_channel
 from ulos_py.cancellation import (
     BATCH_LIMIT,
@@ -97,23 +94,19 @@ async def publish_cancellations(
 
 
 async def follow_cancellations(
-    connection: AbstractRobustConnection,
-    exchange: str,
-    stream: str,
-    board: CancelBoard,
-    reading: BurstReading | None = None,
+    connection: AbstractRobustConnection, exchange: str, stream: str, board: CancelBoard
 ) -> Callable[[], Awaitable[None]]:
     """Feed `board` from the stream: returns once its backlog is read (so the node's first
     task is checked against it), with the stop function; the stream is followed live from
-    then on until it is called, in bursts if `reading` is the factory of the connection's
-    socket. After a lost connection it is read again from the last offset seen, and the
-    board holds new tasks until then: what was published meanwhile is not missed.
+    then on until it is called. After a lost connection it is read again from the last
+    offset seen, and the board holds new tasks until then: what was published meanwhile is
+    not missed.
 
     ConfigError names the setting when the exchange or the stream is not on the broker."""
     await _check_declared(connection, exchange, stream)
     channel = await connection.channel(publisher_confirms=False)
     await channel.set_qos(prefetch_count=STREAM_PREFETCH)
-    reader = _StreamReader(channel, await channel.get_queue(stream, ensure=False), board, reading)
+    reader = _StreamReader(channel, await channel.get_queue(stream, ensure=False), board)
     await reader.read()
     rereads: set[asyncio.Task[None]] = set()
 
@@ -157,17 +150,10 @@ class _StreamReader:
     after CATCH_UP_QUIET seconds without a message. A message count from the broker would
     not do: a stream does not report one."""
 
-    def __init__(
-        self,
-        channel: AbstractChannel,
-        queue: AbstractQueue,
-        board: CancelBoard,
-        reading: BurstReading | None,
-    ) -> None:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, board: CancelBoard) -> None:
         self._channel = channel
         self._queue = queue
         self._board = board
-        self._reading = reading
         self._next: int | str = "first"
         self._arrived = asyncio.Event()
         self._unacked = 0
@@ -213,8 +199,6 @@ class _StreamReader:
             log.warning("cancellations_partly_read", next_offset=self._next, last_offset=tail)
         log.info("cancellations_known", count=len(self._board.memory), next_offset=self._next)
         self._board.caught_up()
-        if self._reading is not None:
-            self._reading.bursts()  # the backlog is read: live messages can wait for a burst
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -34,7 +34,6 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aiormq.connection import TransportFactory
 from yarl import URL
 
 from ulos_py.adapters.amqp_transport import CoalescingTransportFactory
@@ -118,19 +117,15 @@ class _ReportedByCaller(logging.Filter):
 logging.getLogger("aiormq.connection").addFilter(_ReportedByCaller())
 
 
-async def connect(
-    address: BrokerAddress, transport: TransportFactory | None = None
-) -> AbstractRobustConnection:
+async def connect(address: BrokerAddress) -> AbstractRobustConnection:
     """A connection that reconnects by itself, to the next broker of the list each time; a
     wrong password or a TLS failure is a ConfigError, no broker answering BrokerUnavailable.
 
-    The first connection tries the brokers in their order; the first to answer wins. Its
-    socket comes from `transport` (CoalescingTransportFactory by default), on every
-    reconnect too."""
+    The first connection tries the brokers in their order; the first to answer wins."""
     failures = []
     for first, (host, port) in enumerate(address.endpoints):
         try:
-            return await _connect_from(address, first, transport or CoalescingTransportFactory())
+            return await _connect_from(address, first)
         except BrokerUnavailable as exc:
             failures.append(str(exc))
             log.debug("broker_not_answering", host=host, port=port, reason=str(exc))
@@ -139,9 +134,7 @@ async def connect(
     raise BrokerUnavailable(f"no broker answers: {'; '.join(failures)}")
 
 
-async def _connect_from(
-    address: BrokerAddress, first: int, transport: TransportFactory
-) -> AbstractRobustConnection:
+async def _connect_from(address: BrokerAddress, first: int) -> AbstractRobustConnection:
     host, port = address.endpoints[first]
     where = f"{host}:{port}"
     urls = tuple(url.with_password(address.password) for url in address.urls(first))
@@ -154,7 +147,7 @@ async def _connect_from(
         reconnect_interval=2,
     )
     # Passed on to aiormq as is (aio-pika keeps only the arguments it knows otherwise).
-    connection.kwargs["transport_factory"] = transport
+    connection.kwargs["transport_factory"] = CoalescingTransportFactory()
     try:
         try:
             await connection.connect()
@@ -197,13 +190,13 @@ def _reset_hint(exc: BaseException, tls: TlsOptions | None) -> str:
 
 
 async def connect_when_up(
-    address: BrokerAddress, stop: asyncio.Event, transport: TransportFactory | None = None
+    address: BrokerAddress, stop: asyncio.Event
 ) -> AbstractRobustConnection | None:
     """Wait for the broker with back-off, so nodes may start before it; None if stopped."""
     delay = 1.0
     while not stop.is_set():
         try:
-            return await connect(address, transport)
+            return await connect(address)
         except BrokerUnavailable as exc:
             reason = str(exc)
             log.warning(
