@@ -603,9 +603,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
     parser.add_argument(
         "--writer",
-        choices=["process", "loop"],
-        default="process",
-        help="the tracker's ULOS_TRACKER_WRITER (default: process, as the tracker's own)",
+        choices=["auto", "process", "loop"],
+        default="auto",
+        help="the tracker's ULOS_TRACKER_WRITER (default: auto, as the tracker's own)",
     )
     parser.add_argument(
         "--phase",

@@ -52,6 +52,7 @@ async def test_a_killed_tracker_loses_nothing_and_doubles_nothing(
     await channel.declare_queue(name, durable=True)
     port = steady_port()  # the tracker comes back on it
     env = tracker_env(names, broker, database_url, port)
+    env["ULOS_TRACKER_WRITER"] = "process"  # on both databases: its orphan must stop too
     base = f"http://127.0.0.1:{port}"
     try:
         for start in range(0, len(bodies), 500):  # confirmed, 500 in flight at a time

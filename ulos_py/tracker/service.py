@@ -23,6 +23,7 @@ from ulos_py.tracker import cancel, pages, submit
 from ulos_py.tracker.api import Tracker, create_app
 from ulos_py.tracker.cancel import Cancelling
 from ulos_py.tracker.cancel_batches import CancelBatches
+from ulos_py.tracker.collector import settle_collector
 from ulos_py.tracker.events import Changes
 from ulos_py.tracker.ingest import IngestStatus, Writer, ingest
 from ulos_py.tracker.settings import TrackerSettings
@@ -99,7 +100,7 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
     server = _Server(uvicorn.Config(app, log_level="warning"))
     storage = FtpStorage(FtpAddress.of(settings), connections=2, retry=RetryPolicy())
     writer: Writer = store
-    if settings.writer == "process":
+    if settings.writes_apart:
         writer = WriterProcess(
             settings.database, settings.stuck_after, settings.log_format, settings.log_level
         )
@@ -113,6 +114,7 @@ async def run_tracker(settings: TrackerSettings, stop: asyncio.Event, *routers: 
         tracker.extras["cancelling"] = Cancelling(
             CancelBatches(publisher, settings.cancel_exchange), token
         )
+        settle_collector()
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         background = [
             asyncio.create_task(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ulos_py.journey import Journey
 from ulos_py.log import configure_logging
 from ulos_py.orphans import term_when_orphaned
+from ulos_py.tracker.collector import settle_collector
 from ulos_py.tracker.store import Incoming, Message, Store, StoreUnavailable
 
 _Raw = tuple[bytes, str, str]
@@ -97,9 +97,7 @@ def _open(url: str, stuck_after: float, log_format: str, log_level: str, parent:
     _store = _loop.run_until_complete(
         Store.open(url, timedelta(seconds=stuck_after), migrate=False)
     )
-    # What start-up made lives as long as the process: the collector need not walk it again
-    # at every collection of a batch's short-lived notices and journeys.
-    gc.freeze()
+    settle_collector()
 
 
 def _add(raw: list[_Raw]) -> tuple[list[Journey], str | None]:
