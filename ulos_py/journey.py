@@ -484,7 +484,6 @@ class _Visit:
     __slots__ = (
         "attempt",
         "end",
-        "events",
         "last_event",
         "node_id",
         "outcome",
@@ -498,7 +497,6 @@ class _Visit:
         self.stage, self.attempt, self.node_id = stage, attempt, node_id
         self.last_event = ""
         self.steps: list[tuple[str, datetime]] = []
-        self.events: set[str] = set()
         self.outcome: str | None = None
         self.end: End | None = None
         self.settled: str | None = None
@@ -509,8 +507,7 @@ class _Visit:
         event, when = notice.event, notice.timestamp
         self.last_event = event
         self.node_id = self.node_id or notice.node_id
-        if when is not None and event not in self.events:
-            self.events.add(event)
+        if when is not None and all(step != event for step, _ in self.steps):
             self.steps.append((event, when))
         if event == Event.EXECUTION_FINISHED:
             self.outcome = notice.outcome
