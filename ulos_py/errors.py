@@ -14,6 +14,7 @@
     ├── PublishError             the broker did not confirm a publish (adapter level)
     │   └── ConnectionLost       ... because the connection went: its deliveries went too
     ├── SettleFailed             an ack/reject did not reach the broker (it will redeliver)
+    ├── StoreUnavailable         the tracker's database (or its writing process) took no batch
     └── TaskCrash                a task ended without an outcome; `kind` is SPEC §4 `error.kind`
         ├── MalformedTask        not JSON, or breaks SPEC §2 (carries raw body and errors)
         ├── NoRouting            the task has no routing tree
@@ -36,6 +37,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
+
+
+def one_line(exc: BaseException) -> str:
+    """Why an error happened, for a log line: its message's first line, or its type's name."""
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
 
 
 class CrashKind(StrEnum):
@@ -196,3 +203,8 @@ class ConnectionLost(PublishError):
 
 class SettleFailed(UlosError):
     """An ack or reject could not reach the broker; it will redeliver the message."""
+
+
+class StoreUnavailable(UlosError):
+    """The tracker's database (or the process writing to it) did not take a batch; why, in
+    one line. Nothing of the batch is acked: it is tried again."""

@@ -18,8 +18,9 @@ from typing import Protocol, TypeVar
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from ulos_py.errors import StoreUnavailable, one_line
 from ulos_py.journey import Journey
-from ulos_py.tracker.store import Message, StoreUnavailable
+from ulos_py.tracker.store import Message
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +87,7 @@ async def _commit(store: Writer, batch: Sequence[Message], status: IngestStatus)
         try:
             journeys = await store.add(batch)
         except (SQLAlchemyError, OSError, StoreUnavailable) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = one_line(exc)
             if status.writable:
                 log.error("tracker_cannot_store", reason=reason, waiting=len(batch))
             status.writable, status.problem = False, f"cannot store notices: {reason}"

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ulos_py.adapters import rabbitmq
 from ulos_py.adapters.ftp import FtpAddress, FtpStorage, RetryPolicy
 from ulos_py.adapters.notice_queue import NoticeQueue
-from ulos_py.errors import ConfigError
+from ulos_py.errors import ConfigError, one_line
 from ulos_py.tracker import cancel, pages, submit
 from ulos_py.tracker.api import Tracker, create_app
 from ulos_py.tracker.cancel import Cancelling
@@ -72,7 +72,7 @@ async def _purge(store: Store, settings: TrackerSettings) -> None:
             forgotten = await store.purge(settings.retention)
             await store.analyze()
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("tracker_retention_failed", reason=str(exc).splitlines()[0])
+            log.warning("tracker_retention_failed", reason=one_line(exc))
         else:
             if forgotten:
                 log.info("tracker_retention", forgotten=forgotten, days=settings.retention_days)

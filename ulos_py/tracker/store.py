@@ -53,10 +53,6 @@ FINAL_STATES = frozenset(
 """States a task leaves no more (but for a delivered one taken later): the retention's."""
 
 
-class StoreUnavailable(Exception):
-    """The database (or the process writing to it) did not take a batch; why, in one line."""
-
-
 class Message(Protocol):
     """What the store needs of a message from the tracker's queue."""
 

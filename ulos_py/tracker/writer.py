@@ -28,11 +28,12 @@ from multiprocessing import get_context
 import uvloop
 from sqlalchemy.exc import SQLAlchemyError
 
+from ulos_py.errors import StoreUnavailable, one_line
 from ulos_py.journey import Journey
 from ulos_py.log import configure_logging
 from ulos_py.orphans import term_when_orphaned
 from ulos_py.tracker.collector import settle_collector
-from ulos_py.tracker.store import Incoming, Message, Store, StoreUnavailable
+from ulos_py.tracker.store import Incoming, Message, Store
 
 _Raw = tuple[bytes, str, str]
 """A message as the child gets it: body, exchange, routing key."""
@@ -107,7 +108,7 @@ def _add(raw: list[_Raw]) -> tuple[list[Journey], str | None]:
         return _loop.run_until_complete(_store.add([Incoming(*m) for m in raw])), None
     except (SQLAlchemyError, OSError) as exc:
         _loop.run_until_complete(_store.reset())  # a connection may keep what failed
-        return [], str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [], one_line(exc)
 
 
 def _close() -> None:
