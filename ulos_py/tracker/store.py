@@ -179,17 +179,20 @@ class Store:
             touched = sorted({n.task_id for n in found.values() if n.task_id is not None})
             return await self._derive(conn, touched, found) if touched else []
 
+    def _dialect_insert(self, table: Any) -> Any:
+        """The database's own INSERT, which knows ON CONFLICT."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table)
+
     def _insert_new(self, table: Any, key: str) -> Any:
         """An INSERT that skips rows whose key is already stored (a redelivered notice)."""
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+        return self._dialect_insert(table).on_conflict_do_nothing(index_elements=[key])
 
     def _upsert_tasks(self) -> Any:
         """The UPDATE of a changed task row, as an upsert: a row purged meanwhile (on
         PostgreSQL, between this batch's read and its write) is written again, so the task's
         notices, the late one included, keep a row and are read back with the next."""
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        upsert = dialect.insert(tasks)
+        upsert = self._dialect_insert(tasks)
         changed = {name: upsert.excluded[name] for name in TASK_FIELDS}
         return upsert.on_conflict_do_update(index_elements=["task_id"], set_=changed)
 
