@@ -20,6 +20,7 @@ from tests.support.node_processes import (
     node_env,
     publish_tasks,
 )
+from tests.support.processes import running
 from tests.support.services import Broker, FtpServer, Names
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,15 +34,6 @@ async def line(names: Names, amqp):  # type: ignore[no-untyped-def]
 
 def pid_of(node_id: str) -> int:
     return int(node_id.rsplit(":", 1)[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
 
 
 async def until_started(line: Pipeline, count: int) -> dict[str, str]:
@@ -134,7 +126,7 @@ async def test_sigterm_drains_every_worker(
 
     assert status == 0
     assert {a["taskId"] for a in arrived} == set(started)  # both finished within the grace
-    assert not [pid for pid in map(pid_of, started.values()) if alive(pid)]
+    assert not [pid for pid in map(pid_of, started.values()) if running(pid)]
 
 
 async def test_orphaned_workers_stop_when_the_supervisor_is_killed(
@@ -160,7 +152,7 @@ async def test_orphaned_workers_stop_when_the_supervisor_is_killed(
 def still_alive_after(pids: list[int], seconds: float) -> list[int]:
     """Polls /proc (there is nothing to wait on for processes that are not our children)."""
     deadline = time.monotonic() + seconds
-    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+    while (left := [pid for pid in pids if running(pid)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 

@@ -17,11 +17,10 @@ import pytest
 from tests.support.cli import StartCli
 from tests.support.harness import make_zip, node_settings, pipeline, running_node, stage, task
 from tests.support.ports import steady_port
+from tests.support.processes import children, running
 from tests.support.services import Broker, FtpServer, Names
 from tests.support.tracker import (
-    children,
     journey_in,
-    running,
     status_cli,
     tracker_env,
     until,

@@ -16,12 +16,11 @@ import pytest
 from tests.support.cli import StartCli
 from tests.support.ledger import REPORT
 from tests.support.ports import steady_port
+from tests.support.processes import children, running
 from tests.support.services import Broker, Names
 from tests.support.tracker import (
     BULK_TASKS,
     bulk_notices,
-    children,
-    running,
     tracker_env,
     tracker_processes,
     until,

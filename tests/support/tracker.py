@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -73,29 +72,6 @@ async def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
     )
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` now (the tracker's writing process)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid and stat[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie, dead but not reaped, is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def bulk_notices() -> list[bytes]:
